@@ -1,0 +1,195 @@
+r"""Certificates for a point found by IHT: HT-stability and epsilon-optimality.
+
+HT-stable stationary point (Damadi-Shen, eq. 8), with S = supp(theta*) and gamma the step:
+
+    theta* = H_s(theta* - gamma grad f(theta*))  with a unique H_s value, i.e.
+    grad_i f(theta*) = 0                              for i in S,
+    gamma |grad_i f(theta*)| < min_{j in S} |theta*_j|  for i not in S
+    (and grad f(theta*) = 0 when |S| < s).
+
+Numerically a gradient is never exactly 0, so ``stable`` uses a tolerance ``grad_tol`` on the
+gradient and reports every figure for the reader to judge. Beck and Eldar (2013) call the
+same condition L-stationarity with L = 1 / gamma.
+
+epsilon-optimality (eq. 3): f(theta_s) <= f(theta_dense) + epsilon.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .threshold import _mask_unchecked, boundary_tie, check_sparsity, flatten
+
+__all__ = ["DEFAULT_GRAD_TOL", "Certificate", "stability_figures", "certify_point", "certify"]
+
+#: Default tolerance on |grad f| for calling a gradient zero.
+DEFAULT_GRAD_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What :func:`certify` found at a point.
+
+    Attributes:
+        sparsity: the budget s (P for a dense point).
+        lr: the step gamma the stability is judged with.
+        nonzeros: |S|.
+        max_grad_on_support: max_{i in S} |grad_i f|.
+        max_grad_off_support: max_{i not in S} |grad_i f| (0 if S is everything).
+        off_support_ratio: max_{i not in S} gamma |grad_i f| / min_{j in S} |theta_j|;
+            below 1 means no off-support entry can enter the support (inf if S is empty).
+        residual: the fixed-point residual ||theta - H_s(theta - gamma grad f)||.
+        tie: H_s(theta - gamma grad f) is set-valued (the s-th and (s+1)-th magnitudes tie).
+        stable: the point is HT-stable within ``grad_tol``.
+        grad_tol: the tolerance used for "gradient is zero".
+        loss, dense_loss, epsilon: f(theta), the dense reference f(theta_dense) and
+            epsilon = loss - dense_loss when given.
+        epsilon_optimal: epsilon <= epsilon_tol when both were given.
+    """
+
+    sparsity: int
+    lr: float
+    nonzeros: int
+    max_grad_on_support: float
+    max_grad_off_support: float
+    off_support_ratio: float
+    residual: float
+    tie: bool
+    stable: bool
+    grad_tol: float
+    loss: float | None = None
+    dense_loss: float | None = None
+    epsilon: float | None = None
+    epsilon_optimal: bool | None = None
+
+
+def stability_figures(
+    theta: Tensor, grad: Tensor, *, lr: float | Tensor, sparsity: int, grad_tol: float = DEFAULT_GRAD_TOL
+) -> dict[str, Tensor]:
+    """The HT-stability figures for a batch of points, shape (..., P) -> (...) each.
+
+    Returns a dict of tensors: ``nonzeros``, ``max_grad_on_support``, ``max_grad_off_support``,
+    ``off_support_ratio``, ``residual``, ``tie``, ``stable``.
+    """
+    support = theta != 0
+    zero = torch.zeros((), dtype=theta.dtype, device=theta.device)
+    mag_grad = grad.abs()
+    on = torch.where(support, mag_grad, zero).amax(dim=-1)
+    off = torch.where(support, zero, mag_grad).amax(dim=-1)
+    min_support = torch.where(support, theta.abs(), torch.full_like(theta, math.inf)).amin(dim=-1)
+    # gamma per row: a float, or a tensor of shape (...) or (..., 1).
+    lr_col = torch.as_tensor(lr, dtype=theta.dtype, device=theta.device)
+    if lr_col.dim() > 0:
+        lr_col = lr_col.reshape(*theta.shape[:-1], 1)
+    ratio = lr_col.squeeze(-1) * off / min_support if lr_col.dim() > 0 else lr_col * off / min_support
+    # An empty support has no smallest entry: nothing protects it, the ratio is infinite.
+    ratio = torch.where(support.any(dim=-1), ratio, torch.full_like(ratio, math.inf))
+    candidate = theta - lr_col * grad
+    stepped = torch.where(_mask_unchecked(candidate, sparsity), candidate, zero)
+    residual = (theta - stepped).norm(dim=-1)
+    tie = boundary_tie(candidate, sparsity)
+    nonzeros = support.sum(dim=-1)
+    full = nonzeros >= sparsity
+    stable_full = (~tie) & (ratio < 1) & (on <= grad_tol)
+    stable_partial = mag_grad.amax(dim=-1) <= grad_tol
+    stable = torch.where(full, stable_full, stable_partial)
+    return {
+        "nonzeros": nonzeros,
+        "max_grad_on_support": on,
+        "max_grad_off_support": off,
+        "off_support_ratio": ratio,
+        "residual": residual,
+        "tie": tie,
+        "stable": stable,
+    }
+
+
+def certify_point(
+    theta: Tensor,
+    grad: Tensor,
+    *,
+    lr: float,
+    sparsity: int | None,
+    grad_tol: float = DEFAULT_GRAD_TOL,
+    loss: float | None = None,
+    dense_loss: float | None = None,
+    epsilon_tol: float | None = None,
+) -> Certificate:
+    """Certify one flat point theta (shape (P,)) given grad f(theta).
+
+    Args:
+        theta, grad: the point and the gradient of f there.
+        lr: the step gamma of the IHT map.
+        sparsity: s, or None for a dense point (s = P).
+        grad_tol: |grad| at or below this counts as zero.
+        loss, dense_loss: f(theta) and the dense reference loss, for epsilon.
+        epsilon_tol: the epsilon of eq. (3) to check against.
+    """
+    if theta.dim() != 1 or theta.shape != grad.shape:
+        raise ValueError(f"theta and grad must be flat and of one shape, got {tuple(theta.shape)} and {tuple(grad.shape)}")
+    s = theta.numel() if sparsity is None else check_sparsity(sparsity, theta.numel())
+    figures = stability_figures(theta.detach(), grad.detach(), lr=lr, sparsity=s, grad_tol=grad_tol)
+    epsilon = None if loss is None or dense_loss is None else float(loss) - float(dense_loss)
+    return Certificate(
+        sparsity=s,
+        lr=float(lr),
+        nonzeros=int(figures["nonzeros"]),
+        max_grad_on_support=float(figures["max_grad_on_support"]),
+        max_grad_off_support=float(figures["max_grad_off_support"]),
+        off_support_ratio=float(figures["off_support_ratio"]),
+        residual=float(figures["residual"]),
+        tie=bool(figures["tie"]),
+        stable=bool(figures["stable"]),
+        grad_tol=grad_tol,
+        loss=None if loss is None else float(loss),
+        dense_loss=None if dense_loss is None else float(dense_loss),
+        epsilon=epsilon,
+        epsilon_optimal=None if epsilon is None or epsilon_tol is None else epsilon <= epsilon_tol,
+    )
+
+
+def certify(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module], Tensor],
+    *,
+    lr: float,
+    sparsity: int | None,
+    grad_tol: float = DEFAULT_GRAD_TOL,
+    dense_loss: float | None = None,
+    epsilon_tol: float | None = None,
+) -> Certificate:
+    """Certify a model's current parameters: HT-stability and, given a dense loss, epsilon.
+
+    Args:
+        model: the trained model; theta is its parameters flattened in order.
+        loss_fn: ``loss_fn(model)`` returns the full training loss f.
+        lr: the step gamma IHT used.
+        sparsity: the budget s, or None for a dense model.
+        grad_tol: |grad| at or below this counts as zero.
+        dense_loss: f(theta_dense) of a dense model trained on the same data.
+        epsilon_tol: check f(theta) <= dense_loss + epsilon_tol.
+
+    Example:
+        >>> cert = certify(model, loss_fn, lr=opt_lr, sparsity=5, dense_loss=0.04)  # doctest: +SKIP
+        >>> cert.stable, cert.epsilon  # doctest: +SKIP
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = loss_fn(model)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grad = flatten(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True))
+    theta = flatten(p.detach() for p in params)
+    return certify_point(
+        theta,
+        grad,
+        lr=lr,
+        sparsity=sparsity,
+        grad_tol=grad_tol,
+        loss=float(loss.detach()),
+        dense_loss=dense_loss,
+        epsilon_tol=epsilon_tol,
+    )

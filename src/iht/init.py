@@ -1,0 +1,80 @@
+"""Sparse initialisation: keep a uniformly random support of size s, zero the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .threshold import check_sparsity
+
+__all__ = ["random_support", "sparse_init_", "reset_parameters_"]
+
+
+def random_support(size: int, s: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """A uniformly random support: s distinct indices of 0..size-1 (drawn without replacement).
+
+    Returns a bool mask of shape (size,) with exactly s True entries.
+    """
+    s = check_sparsity(s, size, name="s")
+    chosen = torch.randperm(size, generator=generator)[:s]
+    mask = torch.zeros(size, dtype=torch.bool)
+    mask[chosen] = True
+    return mask
+
+
+@torch.no_grad()
+def sparse_init_(
+    params: Iterable[Tensor], s: int, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Zero all but a uniformly random support of s entries across ``params``, in place.
+
+    One global draw over the concatenation of the parameters (in iteration order), so the
+    support is spread over tensors as chance has it: theta^0 = theta_init * 1_S with
+    S uniform among the C(P, s) supports.
+
+    Args:
+        params: the tensors to sparsify (e.g. ``model.parameters()``).
+        s: support size, 0 <= s <= P.
+        generator: source of randomness (CPU generator); None uses torch's global one.
+
+    Returns:
+        The flat bool mask of the support that was kept.
+
+    Raises:
+        TypeError, ValueError: ``s`` is not an integer in 0..P.
+    """
+    tensors = list(params)
+    size = sum(t.numel() for t in tensors)
+    mask = random_support(size, s, generator=generator)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.mul_(mask[offset : offset + n].view_as(t).to(device=t.device, dtype=t.dtype))
+        offset += n
+    return mask
+
+
+@torch.no_grad()
+def reset_parameters_(model: nn.Module, *, generator: torch.Generator | None = None) -> None:
+    """Re-draw a model's parameters from its own default initialisation.
+
+    Calls ``reset_parameters()`` of every submodule that has one. PyTorch's initialisers
+    draw from the global RNG, so the draw runs inside ``torch.random.fork_rng`` seeded from
+    ``generator``: the caller's global RNG state is left as it was.
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        found = False
+        for module in model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+                found = True
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} has no submodule with reset_parameters(); "
+            "pass init_fn to draw its parameters"
+        )

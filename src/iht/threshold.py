@@ -1,0 +1,171 @@
+"""Hard thresholding H_s over the last dimension, with the paper's tie rule.
+
+H_s(x) keeps the s entries of largest magnitude |x_i| and sets the others to zero.
+When the s-th and (s+1)-th largest magnitudes are equal, H_s is set-valued; this module
+returns one value deterministically: among equal magnitudes **the smaller index wins**
+(footnote 2 of the paper), and :func:`boundary_tie` reports that the choice was a tie.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "hard_threshold",
+    "threshold_mask",
+    "boundary_tie",
+    "check_sparsity",
+    "flatten",
+    "unflatten_",
+]
+
+
+def check_sparsity(s: object, size: int, *, name: str = "sparsity") -> int:
+    """Validate a budget ``s`` for a vector of ``size`` entries and return it as an int.
+
+    Raises:
+        TypeError: ``s`` is not an integer (floats, even 3.0, and bools are refused).
+        ValueError: ``s`` is negative or larger than ``size``.
+    """
+    if isinstance(s, bool) or not _is_integer(s):
+        raise TypeError(
+            f"{name} must be an integer count of nonzeros in 0..{size}, got {s!r}"
+        )
+    value = operator.index(s)  # type: ignore[call-overload]
+    if value < 0 or value > size:
+        raise ValueError(f"{name} must be in 0..{size} (P = {size}), got {value}")
+    return value
+
+
+def _is_integer(s: object) -> bool:
+    try:
+        operator.index(s)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return True
+
+
+def threshold_mask(x: Tensor, s: int) -> Tensor:
+    """Boolean mask of the entries H_s keeps, row by row along the last dimension.
+
+    Exactly ``min(s, P)`` entries are True in every row. Among equal magnitudes the
+    smaller index is kept.
+
+    Computed without sorting whole rows: with t the s-th largest magnitude of a row,
+    keep every entry with |x_i| > t, then the first (by index) entries with |x_i| = t
+    until s are kept. ``topk`` only supplies the value t, which does not depend on how
+    ``topk`` itself breaks ties, so the result is deterministic.
+
+    Args:
+        x: tensor of shape (..., P), any floating dtype.
+        s: number of entries to keep per row, 0 <= s.
+
+    Returns:
+        Bool tensor of the shape of ``x``.
+
+    Raises:
+        ValueError: ``x`` contains NaN (its order is undefined), or ``s`` is out of range.
+    """
+    s = _check_input(x, s)
+    return _mask_unchecked(x, s)
+
+
+def _check_input(x: Tensor, s: object) -> int:
+    """Validate the operator's arguments once; return s as an int."""
+    if isinstance(s, bool) or not _is_integer(s):
+        raise TypeError(f"s must be a non-negative integer, got {s!r}")
+    value = operator.index(s)  # type: ignore[call-overload]
+    if value < 0:
+        raise ValueError(f"s must be a non-negative integer, got {value}")
+    if x.dim() == 0:
+        raise ValueError("hard_threshold needs a tensor with at least one dimension")
+    if torch.isnan(x).any():
+        raise ValueError("hard_threshold got NaN entries; their order is undefined")
+    return value
+
+
+def _mask_unchecked(x: Tensor, s: int) -> Tensor:
+    size = x.shape[-1]
+    if s <= 0:
+        return torch.zeros_like(x, dtype=torch.bool)
+    if s >= size:
+        return torch.ones_like(x, dtype=torch.bool)
+    mag = x.abs()
+    kth = torch.topk(mag, s, dim=-1, sorted=True).values[..., -1:]
+    above = mag > kth
+    at = mag == kth
+    n_above = above.sum(dim=-1, keepdim=True)
+    # Rank of each tied entry among the ties of its row, in index order: 1, 2, ...
+    rank_at = torch.cumsum(at.to(torch.int32), dim=-1)
+    return above | (at & (rank_at <= s - n_above))
+
+
+def hard_threshold(x: Tensor, s: int) -> Tensor:
+    """H_s(x): keep the s largest-magnitude entries of every row, zero the rest.
+
+    Every row along the last dimension is thresholded independently (no loop over rows).
+    Ties between equal magnitudes go to the smaller index. ``s = 0`` gives zeros and
+    ``s >= P`` returns a copy of ``x``. Entries already zero may be "kept" when a row
+    has fewer than s nonzeros, so the result has at most s nonzeros per row.
+
+    Args:
+        x: tensor of shape (..., P); float16, bfloat16, float32 or float64, any device.
+        s: the budget, a non-negative integer.
+
+    Returns:
+        A new tensor of the same shape, dtype and device as ``x``.
+
+    Raises:
+        TypeError: ``s`` is not an integer.
+        ValueError: ``s`` is negative, ``x`` is a scalar, or ``x`` holds NaN.
+
+    Example:
+        >>> hard_threshold(torch.tensor([1.0, -3.0, 2.0, 3.0]), 2)
+        tensor([ 0., -3.,  0.,  3.])
+    """
+    s = _check_input(x, s)
+    if s >= x.shape[-1]:
+        return x.clone()
+    return torch.where(_mask_unchecked(x, s), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def boundary_tie(x: Tensor, s: int) -> Tensor:
+    """Whether H_s(x) is set-valued: the s-th and (s+1)-th largest magnitudes are equal.
+
+    A tie among zeros does not count, since every choice then gives the same vector.
+
+    Args:
+        x: tensor of shape (..., P).
+        s: the budget.
+
+    Returns:
+        Bool tensor of shape ``x.shape[:-1]``.
+    """
+    size = x.shape[-1]
+    if s <= 0 or s >= size:
+        return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+    top = torch.topk(x.abs(), s + 1, dim=-1, sorted=True).values
+    return (top[..., s - 1] == top[..., s]) & (top[..., s] > 0)
+
+
+def flatten(tensors: Iterable[Tensor]) -> Tensor:
+    """Concatenate tensors into one flat vector, in iteration order (row-major each)."""
+    parts = [t.reshape(-1) for t in tensors]
+    if not parts:
+        raise ValueError("flatten needs at least one tensor")
+    return torch.cat(parts)
+
+
+def unflatten_(flat: Tensor, tensors: Iterable[Tensor]) -> None:
+    """Copy consecutive slices of ``flat`` into ``tensors`` in place (inverse of flatten)."""
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+    if offset != flat.numel():
+        raise ValueError(f"flat vector has {flat.numel()} entries, tensors take {offset}")
