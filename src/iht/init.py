@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 
 from .threshold import check_sparsity
 
-__all__ = ["random_support", "sparse_init_", "reset_parameters_"]
+__all__ = ["random_support", "sparse_init_", "reset_parameters_", "linear_init"]
 
 
 def random_support(size: int, s: int, *, generator: torch.Generator | None = None) -> Tensor:
@@ -78,3 +79,19 @@ def reset_parameters_(model: nn.Module, *, generator: torch.Generator | None = N
             f"{type(model).__name__} has no submodule with reset_parameters(); "
             "pass init_fn to draw its parameters"
         )
+
+
+def linear_init(
+    n: int, in_features: int, out_features: int, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """n draws of ``nn.Linear(in_features, out_features)``'s default initialisation, flat.
+
+    W and b are both uniform on (-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform with a = sqrt(5)
+    reduces to that bound). Drawn in float32 as PyTorch draws them, W first then b, so with
+    ``n = 1`` and a generator seeded k the result equals
+    ``torch.manual_seed(k); nn.Linear(in, out)``; returned as float64 (n, out*in + out).
+    """
+    bound = 1.0 / math.sqrt(in_features)
+    weight = torch.empty(n, out_features, in_features).uniform_(-bound, bound, generator=generator)
+    bias = torch.empty(n, out_features).uniform_(-bound, bound, generator=generator)
+    return torch.cat([weight.reshape(n, -1), bias], dim=1).to(torch.float64)

@@ -34,6 +34,9 @@ __all__ = [
     "perturbation_pairs",
     "estimate_l2s",
     "estimate_l2s_fn",
+    "draw_pairs",
+    "lipschitz_ratios",
+    "ratios_to_estimate",
 ]
 
 #: Default number of Monte Carlo draws n_monte (the paper gives none). On IRIS the estimate
@@ -126,17 +129,35 @@ def estimate_l2s_fn(
         raise ValueError(f"sparsity must be in 1..{size} to estimate L_2s, got {s}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    sparse, perturbed = draw_pairs(init_fn, sparsity=s, size=size, n_samples=n_samples, generator=generator)
+    return ratios_to_estimate(lipschitz_ratios(grad_fn, sparse, perturbed), s)
+
+
+def draw_pairs(
+    init_fn: InitFn, *, sparsity: int, size: int, n_samples: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Steps 1-4 for n draws: (theta_i, theta~_i), each (n, P).
+
+    The generator is consumed in a fixed order: the n initialisations, then (n, P) uniform
+    support keys, then (n, P) normal perturbations, all in the dtype ``init_fn`` returns.
+    """
     theta = init_fn(n_samples, generator)
     if theta.shape != (n_samples, size):
-        raise ValueError(f"init_fn returned shape {tuple(theta.shape)}, expected ({n_samples}, {size})")
+        raise ValueError(
+            f"init_fn returned shape {tuple(theta.shape)}, expected ({n_samples}, {size})"
+        )
     keys = torch.rand(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
     z = torch.randn(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
-    sparse, perturbed = perturbation_pairs(theta, keys, z, s)
-    ratios = (grad_fn(sparse) - grad_fn(perturbed)).norm(dim=-1) / (sparse - perturbed).norm(dim=-1)
-    return _result(ratios, s)
+    return perturbation_pairs(theta, keys, z, sparsity)
 
 
-def _result(ratios: Tensor, s: int) -> L2sEstimate:
+def lipschitz_ratios(grad_fn: GradFn, sparse: Tensor, perturbed: Tensor) -> Tensor:
+    """Step 5: L_i = ||grad f(theta_i) - grad f(theta~_i)|| / ||theta_i - theta~_i||, shape (n,)."""
+    return (grad_fn(sparse) - grad_fn(perturbed)).norm(dim=-1) / (sparse - perturbed).norm(dim=-1)
+
+
+def ratios_to_estimate(ratios: Tensor, s: int) -> L2sEstimate:
+    """Step 6: L_hat_2s = max_i L_i, checked to be positive and finite."""
     if not bool(torch.isfinite(ratios).all()):
         raise EstimateError(
             f"L_2s estimate is not finite ({int((~torch.isfinite(ratios)).sum())} of "

@@ -142,8 +142,9 @@ class IHT(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-            if loss is not None and not math.isfinite(float(loss)):
-                raise NonFiniteError(f"loss is {float(loss)}; parameters left unchanged")
+            value = float(loss.detach()) if isinstance(loss, Tensor) else loss
+            if value is not None and not math.isfinite(float(value)):
+                raise NonFiniteError(f"loss is {float(value)}; parameters left unchanged")
 
         pools: list[tuple[int | None, list[tuple[Tensor, float]]]] = []
         shared: list[tuple[Tensor, float]] = []
@@ -180,7 +181,9 @@ class IHT(Optimizer):
         """The mask to apply: H_s's choice on re-selection steps, else the stored one."""
         state = self.state[params[0]]
         count = int(state.get("step", 0))
-        every = int(self.defaults["threshold_every"])
+        # Read from the param groups, not self.defaults: load_state_dict restores the groups
+        # (as it restores lr), while defaults keep the value this instance was built with.
+        every = int(self.param_groups[0]["threshold_every"])
         stored = state.get("mask")
         if count % every == 0 or stored is None or stored.numel() != candidate.numel():
             stored = _mask_unchecked(candidate, budget)
