@@ -33,8 +33,10 @@ def main() -> None:
 
     generator = torch.Generator().manual_seed(0)
     estimate = iht.estimate_l2s(model, loss_fn, sparsity=budget, n_samples=100, generator=generator)
-    print(f"P = {n_params} parameters, budget s = {budget}; "
-          f"L_hat_2s = {estimate.estimate:.3f}, lr = {estimate.lr:.3f}")
+    print(
+        f"P = {n_params} parameters, budget s = {budget}; "
+        f"L_hat_2s = {estimate.estimate:.3f}, lr = {estimate.lr:.3f}"
+    )
 
     iht.sparse_init_(model.parameters(), budget, generator=generator)
     optimizer = iht.IHT(model.parameters(), lr=estimate.lr, sparsity=budget)
@@ -54,10 +56,12 @@ def main() -> None:
     certificate = iht.certify(model, loss_fn, lr=estimate.lr, sparsity=budget)
     print(f"trained 3000 full-batch IHT steps in {elapsed:.1f} s")
     print(f"test accuracy {accuracy:.3f}, nonzeros {nonzeros} / {n_params}")
-    print(f"certificate: stable={certificate.stable}, "
-          f"max|grad| on support={certificate.max_grad_on_support:.2e}, "
-          f"off-support ratio={certificate.off_support_ratio:.3f}, "
-          f"fixed-point residual={certificate.residual:.2e}, tie={certificate.tie}")
+    print(
+        f"certificate: stable={certificate.stable}, "
+        f"max|grad| on support={certificate.max_grad_on_support:.2e}, "
+        f"off-support ratio={certificate.off_support_ratio:.3f}, "
+        f"fixed-point residual={certificate.residual:.2e}, tie={certificate.tie}"
+    )
 
 
 if __name__ == "__main__":

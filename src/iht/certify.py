@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .threshold import _mask_unchecked, boundary_tie, check_sparsity, flatten
 
-__all__ = ["DEFAULT_GRAD_TOL", "Certificate", "stability_figures", "certify_point", "certify"]
+__all__ = ["DEFAULT_GRAD_TOL", "Certificate", "certify", "certify_point", "stability_figures"]
 
 #: Default tolerance on |grad f| for calling a gradient zero.
 DEFAULT_GRAD_TOL = 1e-3
@@ -69,7 +69,12 @@ class Certificate:
 
 
 def stability_figures(
-    theta: Tensor, grad: Tensor, *, lr: float | Tensor, sparsity: int, grad_tol: float = DEFAULT_GRAD_TOL
+    theta: Tensor,
+    grad: Tensor,
+    *,
+    lr: float | Tensor,
+    sparsity: int,
+    grad_tol: float = DEFAULT_GRAD_TOL,
 ) -> dict[str, Tensor]:
     """The HT-stability figures for a batch of points, shape (..., P) -> (...) each.
 
@@ -86,7 +91,9 @@ def stability_figures(
     lr_col = torch.as_tensor(lr, dtype=theta.dtype, device=theta.device)
     if lr_col.dim() > 0:
         lr_col = lr_col.reshape(*theta.shape[:-1], 1)
-    ratio = lr_col.squeeze(-1) * off / min_support if lr_col.dim() > 0 else lr_col * off / min_support
+    ratio = (
+        lr_col.squeeze(-1) * off / min_support if lr_col.dim() > 0 else lr_col * off / min_support
+    )
     # An empty support has no smallest entry: nothing protects it, the ratio is infinite.
     ratio = torch.where(support.any(dim=-1), ratio, torch.full_like(ratio, math.inf))
     candidate = theta - lr_col * grad
@@ -95,9 +102,12 @@ def stability_figures(
     tie = boundary_tie(candidate, sparsity)
     nonzeros = support.sum(dim=-1)
     full = nonzeros >= sparsity
-    stable_full = (~tie) & (ratio < 1) & (on <= grad_tol)
+    # An empty full support means s = 0: H_0 maps everything to 0, so theta = 0 is a fixed
+    # point with a unique value (the condition's min over S is +inf), though the ratio is inf.
+    stable_full = (~tie) & ((ratio < 1) | (nonzeros == 0)) & (on <= grad_tol)
     stable_partial = mag_grad.amax(dim=-1) <= grad_tol
-    stable = torch.where(full, stable_full, stable_partial)
+    # More than s nonzeros is never a fixed point of H_s, whatever the gradient.
+    stable = torch.where(full, stable_full, stable_partial) & (nonzeros <= sparsity)
     return {
         "nonzeros": nonzeros,
         "max_grad_on_support": on,
@@ -131,7 +141,9 @@ def certify_point(
         epsilon_tol: the epsilon of eq. (3) to check against.
     """
     if theta.dim() != 1 or theta.shape != grad.shape:
-        raise ValueError(f"theta and grad must be flat and of one shape, got {tuple(theta.shape)} and {tuple(grad.shape)}")
+        raise ValueError(
+            f"theta and grad must be flat and of one shape, got {tuple(theta.shape)} and {tuple(grad.shape)}"
+        )
     s = theta.numel() if sparsity is None else check_sparsity(sparsity, theta.numel())
     figures = stability_figures(theta.detach(), grad.detach(), lr=lr, sparsity=s, grad_tol=grad_tol)
     epsilon = None if loss is None or dense_loss is None else float(loss) - float(dense_loss)
@@ -181,7 +193,9 @@ def certify(
     params = [p for p in model.parameters() if p.requires_grad]
     loss = loss_fn(model)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    grad = flatten(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True))
+    grad = flatten(
+        torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+    )
     theta = flatten(p.detach() for p in params)
     return certify_point(
         theta,

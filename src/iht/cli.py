@@ -17,7 +17,7 @@ from .errors import EstimateError, NonFiniteError
 from .results import StoreError
 from .study import PRESETS, StudyConfig
 
-__all__ = ["main", "cli", "parse_levels"]
+__all__ = ["cli", "main", "parse_levels"]
 
 USER_ERRORS = (StoreError, EstimateError, NonFiniteError, ValueError, TypeError, FileNotFoundError)
 
@@ -50,24 +50,57 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("dataset", type=click.Choice(["iris"]))
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True,
-              help="quick: the study's structure with fewer runs; paper: 1,000 runs per level.")
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="quick",
+    show_default=True,
+    help="quick: the study's structure with fewer runs; paper: 1,000 runs per level.",
+)
 @click.option("--runs", type=click.IntRange(min=1), help="Runs per level (dense and each s).")
 @click.option("--levels", help="Sparsity levels, e.g. 1-14 or 1,5,10.  [default: 1-14]")
-@click.option("--max-steps", type=click.IntRange(min=1), help="Most steps per run.  [default: 10000]")
-@click.option("--tol", type=click.FloatRange(min=0), help="Stop a run at training loss <= tol.  [default: 0.05]")
-@click.option("--n-monte", type=click.IntRange(min=1), help="Monte Carlo draws for L_2s.  [default: 100]")
-@click.option("--seed", type=click.IntRange(min=0), help="Master seed of every run's seeds.  [default: 0]")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Engine dtype.  [default: float32]")
-@click.option("--chunk-runs", type=click.IntRange(min=1), help="Runs per stored part.  [default: 500]")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Results directory.  [default: results/iris-PRESET]")
-@click.option("--overwrite", is_flag=True, help="Replace a directory made with another config "
-              "(the old study is moved aside, not deleted).")
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), help="Most steps per run.  [default: 10000]"
+)
+@click.option(
+    "--tol",
+    type=click.FloatRange(min=0),
+    help="Stop a run at training loss <= tol.  [default: 0.05]",
+)
+@click.option(
+    "--n-monte", type=click.IntRange(min=1), help="Monte Carlo draws for L_2s.  [default: 100]"
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), help="Master seed of every run's seeds.  [default: 0]"
+)
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float64"]), help="Engine dtype.  [default: float32]"
+)
+@click.option(
+    "--chunk-runs", type=click.IntRange(min=1), help="Runs per stored part.  [default: 500]"
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Results directory.  [default: results/iris-PRESET]",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a directory made with another config "
+    "(the old study is moved aside, not deleted).",
+)
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def reproduce(dataset: str, preset: str, out: Path | None, overwrite: bool, no_report: bool,
-              no_progress: bool, **overrides: Any) -> None:
+def reproduce(
+    dataset: str,
+    preset: str,
+    out: Path | None,
+    overwrite: bool,
+    no_report: bool,
+    no_progress: bool,
+    **overrides: Any,
+) -> None:
     """Reproduce the paper's IRIS study: dense GD and IHT at every s, then the report.
 
     Results go to a directory of Parquet parts with the resolved config; running the same
@@ -124,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("iht: aborted", err=True)
         return 130
     except KeyboardInterrupt:
-        click.echo("iht: interrupted; finished chunks are kept, run the same command to resume", err=True)
+        click.echo(
+            "iht: interrupted; finished chunks are kept, run the same command to resume", err=True
+        )
         return 130
     except USER_ERRORS as exc:
         click.echo(f"iht: error: {exc}", err=True)

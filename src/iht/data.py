@@ -46,7 +46,11 @@ def load_builtin(name: str) -> Dataset:
     if name not in loaders:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
     bunch = loaders[name]()
-    return Dataset(name=name, X=np.asarray(bunch.data, dtype=np.float64), y=np.asarray(bunch.target, dtype=np.int64))
+    return Dataset(
+        name=name,
+        X=np.asarray(bunch.data, dtype=np.float64),
+        y=np.asarray(bunch.target, dtype=np.int64),
+    )
 
 
 def random_split(n: int, n_train: int, *, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -61,9 +65,7 @@ def random_split(n: int, n_train: int, *, seed: int) -> tuple[NDArray[np.int64],
     return np.sort(perm[:n_train]).astype(np.int64), np.sort(perm[n_train:]).astype(np.int64)
 
 
-def standardise(
-    X: NDArray[np.float64], train: NDArray[np.int64]
-) -> NDArray[np.float64]:
+def standardise(X: NDArray[np.float64], train: NDArray[np.int64]) -> NDArray[np.float64]:
     """z-score every column with the training rows' mean and (population) std.
 
     Columns constant on the training rows are only centred (their std is taken as 1), so

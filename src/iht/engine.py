@@ -30,7 +30,7 @@ from torch import Tensor
 from .errors import NonFiniteError
 from .threshold import _mask_unchecked
 
-__all__ = ["Problem", "EngineResult", "run_many"]
+__all__ = ["EngineResult", "Problem", "run_many"]
 
 
 class Problem(Protocol):
@@ -103,7 +103,9 @@ def run_many(
         loss, grad = problem.loss_and_grad(theta, rows)
         if not bool(torch.isfinite(loss).all()) or not bool(torch.isfinite(grad).all()):
             bad = rows[~(torch.isfinite(loss) & torch.isfinite(grad).all(dim=1))]
-            raise NonFiniteError(f"non-finite loss or gradient at step {step} in runs {bad.tolist()[:10]}")
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {step} in runs {bad.tolist()[:10]}"
+            )
         done = active & (loss <= tol)
         if bool(done.any()):
             stopped_at = torch.where(done, torch.full_like(stopped_at, step), stopped_at)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NonFiniteError", "EstimateError"]
+__all__ = ["EstimateError", "NonFiniteError"]
 
 
 class NonFiniteError(FloatingPointError):

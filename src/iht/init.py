@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .threshold import check_sparsity
 
-__all__ = ["random_support", "sparse_init_", "reset_parameters_", "linear_init"]
+__all__ = ["linear_init", "random_support", "reset_parameters_", "sparse_init_"]
 
 
 def random_support(size: int, s: int, *, generator: torch.Generator | None = None) -> Tensor:

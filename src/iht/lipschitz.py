@@ -31,11 +31,11 @@ from .threshold import _mask_unchecked, check_sparsity, flatten, unflatten_
 __all__ = [
     "DEFAULT_N_SAMPLES",
     "L2sEstimate",
-    "perturbation_pairs",
+    "draw_pairs",
     "estimate_l2s",
     "estimate_l2s_fn",
-    "draw_pairs",
     "lipschitz_ratios",
+    "perturbation_pairs",
     "ratios_to_estimate",
 ]
 
@@ -129,7 +129,9 @@ def estimate_l2s_fn(
         raise ValueError(f"sparsity must be in 1..{size} to estimate L_2s, got {s}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-    sparse, perturbed = draw_pairs(init_fn, sparsity=s, size=size, n_samples=n_samples, generator=generator)
+    sparse, perturbed = draw_pairs(
+        init_fn, sparsity=s, size=size, n_samples=n_samples, generator=generator
+    )
     return ratios_to_estimate(lipschitz_ratios(grad_fn, sparse, perturbed), s)
 
 
@@ -169,7 +171,9 @@ def ratios_to_estimate(ratios: Tensor, s: int) -> L2sEstimate:
             "L_2s estimate is 0: the gradient does not change with the parameters "
             "(does the loss depend on them?); no learning rate follows"
         )
-    return L2sEstimate(estimate=estimate, lr=1.0 / estimate, ratios=ratios.detach().cpu(), sparsity=s)
+    return L2sEstimate(
+        estimate=estimate, lr=1.0 / estimate, ratios=ratios.detach().cpu(), sparsity=s
+    )
 
 
 def estimate_l2s(
@@ -210,12 +214,23 @@ def estimate_l2s(
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     saved = [p.detach().clone() for p in params]
+    # reset_parameters() also re-draws frozen parameters and resets buffers (BatchNorm
+    # statistics), and loss_fn may update buffers; none of them is part of theta, so they are
+    # held at the caller's values during the draws and restored afterwards.
+    fixed = [t for t in (*model.parameters(), *model.buffers()) if not t.requires_grad]
+    fixed_saved = [t.detach().clone() for t in fixed]
+
+    def restore_fixed() -> None:
+        with torch.no_grad():
+            for t, value in zip(fixed, fixed_saved, strict=True):
+                t.copy_(value)
 
     def default_init(n: int, gen: torch.Generator | None) -> Tensor:
         draws = []
         for _ in range(n):
             reset_parameters_(model, generator=gen)
             draws.append(flatten(p.detach() for p in params).clone())
+        restore_fixed()
         return torch.stack(draws)
 
     def grad_fn(thetas: Tensor) -> Tensor:
@@ -226,7 +241,10 @@ def estimate_l2s(
             loss = loss_fn(model)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             rows.append(
-                flatten(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True))
+                flatten(
+                    torch.zeros_like(p) if g is None else g
+                    for p, g in zip(params, grads, strict=True)
+                )
             )
         return torch.stack(rows)
 
@@ -243,3 +261,4 @@ def estimate_l2s(
         with torch.no_grad():
             for p, value in zip(params, saved, strict=True):
                 p.copy_(value)
+        restore_fixed()

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 from .errors import NonFiniteError
 from .threshold import _mask_unchecked, check_sparsity, flatten, hard_threshold, unflatten_
 
-__all__ = ["iht_update", "IHT"]
+__all__ = ["IHT", "iht_update"]
 
 _GLOBAL = "global"
 _OWN = "own"
@@ -74,7 +74,7 @@ class IHT(Optimizer):
     Parameters whose ``.grad`` is None are left alone: not updated, not thresholded, not
     counted (as in ``torch.optim.SGD``).
 
-    With ``threshold_every=k > 1`` the support is re-selected by H_s only on every k-th step;
+    With ``threshold_every=k > 1`` (optimizer-wide) the support is re-selected by H_s only on every k-th step;
     the steps in between are gradient steps restricted to the current support, so the budget
     still holds after every step while the selection costs 1/k as much.
 
@@ -104,7 +104,11 @@ class IHT(Optimizer):
         threshold_every: int = 1,
     ) -> None:
         lr = _check_lr(lr)
-        if isinstance(threshold_every, bool) or not isinstance(threshold_every, int) or threshold_every < 1:
+        if (
+            isinstance(threshold_every, bool)
+            or not isinstance(threshold_every, int)
+            or threshold_every < 1
+        ):
             raise ValueError(f"threshold_every must be an integer >= 1, got {threshold_every!r}")
         defaults = {"lr": lr, "global_sparsity": sparsity, "threshold_every": threshold_every}
         super().__init__(params, defaults)
@@ -187,6 +191,8 @@ class IHT(Optimizer):
         stored = state.get("mask")
         if count % every == 0 or stored is None or stored.numel() != candidate.numel():
             stored = _mask_unchecked(candidate, budget)
+        # load_state_dict casts saved state to the parameter's dtype; a mask stays boolean.
+        stored = stored.to(torch.bool)
         state["step"] = count + 1
         state["mask"] = stored
         return stored

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-__all__ = ["SplitData", "LinearSoftmax", "VmapModule"]
+__all__ = ["LinearSoftmax", "SplitData", "VmapModule"]
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,9 @@ class VmapModule:
     The loss is softmax cross-entropy weighted by each run's training weights.
     """
 
-    def __init__(self, module: nn.Module, data: SplitData, *, dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self, module: nn.Module, data: SplitData, *, dtype: torch.dtype = torch.float64
+    ) -> None:
         self.module = module.to(dtype)
         self.names = [n for n, _ in module.named_parameters()]
         self.shapes = [p.shape for _, p in module.named_parameters()]
@@ -181,7 +183,9 @@ class VmapModule:
 
     def metrics(self, theta: Tensor, rows: Tensor) -> dict[str, Tensor]:
         logits = self._logits(theta, self.x[rows])  # (R, N, C)
-        nll = nn.functional.cross_entropy(logits.transpose(1, 2), self.y.expand(theta.shape[0], -1), reduction="none")
+        nll = nn.functional.cross_entropy(
+            logits.transpose(1, 2), self.y.expand(theta.shape[0], -1), reduction="none"
+        )
         correct = (logits.argmax(dim=-1) == self.y).T  # (N, R)
         out = {}
         for split, w in (("train", self.w_train[rows]), ("test", self.w_test[rows])):

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from .study import StudyConfig
 
-__all__ = ["StoreError", "ResultStore"]
+__all__ = ["ResultStore", "StoreError"]
 
 
 class StoreError(ValueError):
@@ -65,8 +65,8 @@ class ResultStore:
             )
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".probe-", delete=True)
-            probe.close()
+            with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".probe-"):
+                pass
         except OSError as exc:
             raise StoreError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
         if not self.config_path.exists():
@@ -103,7 +103,9 @@ class ResultStore:
                 aside = self.directory / "corrupt"
                 aside.mkdir(exist_ok=True)
                 shutil.move(str(path), aside / f"{path.name}.{int(time.time())}")
-                warnings.append(f"part {path.name} is damaged ({exc}); moved to {aside}, it will be recomputed")
+                warnings.append(
+                    f"part {path.name} is damaged ({exc}); moved to {aside}, it will be recomputed"
+                )
         return warnings
 
     def write_part(self, key: str, rows: list[dict[str, Any]]) -> None:

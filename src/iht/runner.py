@@ -61,7 +61,9 @@ def run_study(
     except KeyboardInterrupt:
         bar.close()
         kept = len(store.done_keys())
-        log(f"interrupted: {kept} of {len(chunks)} chunks are stored; run the same command to resume")
+        log(
+            f"interrupted: {kept} of {len(chunks)} chunks are stored; run the same command to resume"
+        )
         raise
     bar.close()
     return store

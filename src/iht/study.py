@@ -222,7 +222,9 @@ def run_chunk(
         [linear_init(1, N_FEATURES, N_CLASSES, generator=_gen(spec.init_seed)) for spec in specs]
     )
     if sparsity is not None:
-        masks = torch.stack([random_support(P, sparsity, generator=_gen(spec.support_seed)) for spec in specs])
+        masks = torch.stack(
+            [random_support(P, sparsity, generator=_gen(spec.support_seed)) for spec in specs]
+        )
         theta_init = torch.where(masks, theta_init, torch.zeros_like(theta_init))
     estimates = [_estimate(problem, spec, r, s_eff, config) for r, spec in enumerate(specs)]
     lr = torch.tensor([e.lr for e in estimates], dtype=torch.float64)
@@ -239,7 +241,9 @@ def run_chunk(
     rows = torch.arange(len(specs))
     metrics = problem.metrics(result.theta, rows)
     _, grad = problem.loss_and_grad(result.theta, rows)
-    cert = stability_figures(result.theta, grad, lr=lr.to(dtype), sparsity=s_eff, grad_tol=config.grad_tol)
+    cert = stability_figures(
+        result.theta, grad, lr=lr.to(dtype), sparsity=s_eff, grad_tol=config.grad_tol
+    )
 
     out = []
     for r, spec in enumerate(specs):
@@ -266,7 +270,12 @@ def run_chunk(
         }
         for name in ("train_loss", "test_loss", "train_acc", "test_acc"):
             row[name] = float(metrics[name][r])
-        for name in ("max_grad_on_support", "max_grad_off_support", "off_support_ratio", "residual"):
+        for name in (
+            "max_grad_on_support",
+            "max_grad_off_support",
+            "off_support_ratio",
+            "residual",
+        ):
             row[name] = float(cert[name][r])
         row["tie"] = bool(cert["tie"][r])
         row["stable"] = bool(cert["stable"][r])
@@ -285,10 +294,13 @@ def _gen(seed: int) -> torch.Generator:
 
 def _estimate(problem: LinearSoftmax, spec: RunSpec, r: int, s: int, config: StudyConfig) -> Any:
     """This run's L_hat_2s: draws from its own generator, gradients on its own split."""
+
     def init_fn(n: int, gen: torch.Generator | None) -> torch.Tensor:
         return linear_init(n, N_FEATURES, N_CLASSES, generator=gen)
 
-    sparse, perturbed = draw_pairs(init_fn, sparsity=s, size=P, n_samples=config.n_monte, generator=_gen(spec.mc_seed))
+    sparse, perturbed = draw_pairs(
+        init_fn, sparsity=s, size=P, n_samples=config.n_monte, generator=_gen(spec.mc_seed)
+    )
     rows = torch.full((config.n_monte,), r, dtype=torch.int64)
 
     def grad_fn(theta: torch.Tensor) -> torch.Tensor:
@@ -297,7 +309,9 @@ def _estimate(problem: LinearSoftmax, spec: RunSpec, r: int, s: int, config: Stu
     return ratios_to_estimate(lipschitz_ratios(grad_fn, sparse, perturbed), s)
 
 
-def run_one_faithful(config: StudyConfig, spec: RunSpec, dense_train_loss: float = float("nan")) -> dict[str, Any]:
+def run_one_faithful(
+    config: StudyConfig, spec: RunSpec, dense_train_loss: float = float("nan")
+) -> dict[str, Any]:
     """One run the obvious way: ``nn.Linear`` + cross-entropy + autograd + :class:`iht.IHT`.
 
     The reference the many-runs engine is tested against, and the baseline of the speed
@@ -332,8 +346,14 @@ def run_one_faithful(config: StudyConfig, spec: RunSpec, dense_train_loss: float
     def init_fn(n: int, gen: torch.Generator | None) -> torch.Tensor:
         return linear_init(n, N_FEATURES, N_CLASSES, generator=gen).to(dtype)
 
-    estimate = estimate_l2s(model, loss_fn, sparsity=sparsity, n_samples=config.n_monte,
-                            generator=_gen(spec.mc_seed), init_fn=init_fn)
+    estimate = estimate_l2s(
+        model,
+        loss_fn,
+        sparsity=sparsity,
+        n_samples=config.n_monte,
+        generator=_gen(spec.mc_seed),
+        init_fn=init_fn,
+    )
     optimizer = IHTOptimizer(params, lr=estimate.lr, sparsity=sparsity)
     steps, reached = 0, False
     for _ in range(config.max_steps + 1):
@@ -358,19 +378,34 @@ def run_one_faithful(config: StudyConfig, spec: RunSpec, dense_train_loss: float
         nll = nn.functional.cross_entropy(logits, y, reduction="none").double()
         correct = (logits.argmax(dim=1) == y).double()
     row: dict[str, Any] = {
-        "run_id": spec.run_id, "kind": spec.kind, "sparsity": spec.sparsity, "index": spec.index,
-        "data_seed": spec.data_seed, "init_seed": spec.init_seed,
-        "support_seed": spec.support_seed, "mc_seed": spec.mc_seed,
-        "train_idx": train.tolist(), "l_hat": estimate.estimate, "lr": estimate.lr,
-        "steps": steps, "reached_tol": reached, "nonzeros": int((theta != 0).sum()),
+        "run_id": spec.run_id,
+        "kind": spec.kind,
+        "sparsity": spec.sparsity,
+        "index": spec.index,
+        "data_seed": spec.data_seed,
+        "init_seed": spec.init_seed,
+        "support_seed": spec.support_seed,
+        "mc_seed": spec.mc_seed,
+        "train_idx": train.tolist(),
+        "l_hat": estimate.estimate,
+        "lr": estimate.lr,
+        "steps": steps,
+        "reached_tol": reached,
+        "nonzeros": int((theta != 0).sum()),
         "support": torch.nonzero(theta != 0).squeeze(1).tolist(),
-        "theta_init": theta_init.tolist(), "theta_final": theta.tolist(), "grad_final": grad.tolist(),
-        "train_loss": float(nll[train].mean()), "test_loss": float(nll[test].mean()),
-        "train_acc": float(correct[train].mean()), "test_acc": float(correct[test].mean()),
+        "theta_init": theta_init.tolist(),
+        "theta_final": theta.tolist(),
+        "grad_final": grad.tolist(),
+        "train_loss": float(nll[train].mean()),
+        "test_loss": float(nll[test].mean()),
+        "train_acc": float(correct[train].mean()),
+        "test_acc": float(correct[test].mean()),
         "max_grad_on_support": cert.max_grad_on_support,
         "max_grad_off_support": cert.max_grad_off_support,
-        "off_support_ratio": cert.off_support_ratio, "residual": cert.residual,
-        "tie": cert.tie, "stable": cert.stable,
+        "off_support_ratio": cert.off_support_ratio,
+        "residual": cert.residual,
+        "tie": cert.tie,
+        "stable": cert.stable,
         "dense_train_loss": float(nll[train].mean()) if spec.kind == DENSE else dense_train_loss,
     }
     row["epsilon"] = row["train_loss"] - row["dense_train_loss"]

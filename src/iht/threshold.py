@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
+from typing import SupportsIndex, cast
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "hard_threshold",
-    "threshold_mask",
     "boundary_tie",
     "check_sparsity",
     "flatten",
+    "hard_threshold",
+    "threshold_mask",
     "unflatten_",
 ]
 
@@ -32,10 +33,8 @@ def check_sparsity(s: object, size: int, *, name: str = "sparsity") -> int:
         ValueError: ``s`` is negative or larger than ``size``.
     """
     if isinstance(s, bool) or not _is_integer(s):
-        raise TypeError(
-            f"{name} must be an integer count of nonzeros in 0..{size}, got {s!r}"
-        )
-    value = operator.index(s)  # type: ignore[call-overload]
+        raise TypeError(f"{name} must be an integer count of nonzeros in 0..{size}, got {s!r}")
+    value = operator.index(cast(SupportsIndex, s))
     if value < 0 or value > size:
         raise ValueError(f"{name} must be in 0..{size} (P = {size}), got {value}")
     return value
@@ -43,7 +42,7 @@ def check_sparsity(s: object, size: int, *, name: str = "sparsity") -> int:
 
 def _is_integer(s: object) -> bool:
     try:
-        operator.index(s)  # type: ignore[call-overload]
+        operator.index(cast(SupportsIndex, s))
     except TypeError:
         return False
     return True
@@ -78,7 +77,7 @@ def _check_input(x: Tensor, s: object) -> int:
     """Validate the operator's arguments once; return s as an int."""
     if isinstance(s, bool) or not _is_integer(s):
         raise TypeError(f"s must be a non-negative integer, got {s!r}")
-    value = operator.index(s)  # type: ignore[call-overload]
+    value = operator.index(cast(SupportsIndex, s))
     if value < 0:
         raise ValueError(f"s must be a non-negative integer, got {value}")
     if x.dim() == 0:
@@ -145,6 +144,7 @@ def boundary_tie(x: Tensor, s: int) -> Tensor:
     Returns:
         Bool tensor of shape ``x.shape[:-1]``.
     """
+    s = _check_input(x, s)
     size = x.shape[-1]
     if s <= 0 or s >= size:
         return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)

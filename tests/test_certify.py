@@ -1,0 +1,330 @@
+"""HT-stability and epsilon-optimality certificates."""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.strategies as st
+import pytest
+import reference
+import torch
+from hypothesis import given
+from torch import Tensor, nn
+
+import iht
+from iht.certify import DEFAULT_GRAD_TOL, stability_figures
+
+F64 = torch.float64
+FIELDS = [
+    "nonzeros",
+    "max_grad_on_support",
+    "max_grad_off_support",
+    "off_support_ratio",
+    "residual",
+    "tie",
+    "stable",
+]
+
+# Dyadic values: theta - lr * grad is exact, so ties at the boundary really happen.
+THETA_VALUES = [0.0, 0.0, 1.0, -1.0, 2.0, -2.0, 0.75]
+GRAD_VALUES = [0.0, 2.0**-12, -(2.0**-12), 0.25, -0.5, 1.0, -1.0]
+LRS = [0.5, 1.0, 2.0]
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _assert_matches(cert: iht.Certificate, expected: dict[str, float | int | bool]) -> None:
+    for field in FIELDS:
+        got, want = getattr(cert, field), expected[field]
+        if isinstance(want, float) and math.isfinite(want):
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-15), field
+        else:
+            assert got == want, field
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+@st.composite
+def points(draw: st.DrawFn, *, size: int | None = None) -> tuple[list[float], list[float]]:
+    n = size if size is not None else draw(st.integers(1, 6))
+    theta = draw(st.lists(st.sampled_from(THETA_VALUES), min_size=n, max_size=n))
+    grad = draw(st.lists(st.sampled_from(GRAD_VALUES), min_size=n, max_size=n))
+    return theta, grad
+
+
+@given(points(), st.sampled_from(LRS), st.data())
+def test_certify_point_matches_the_definitions(
+    point: tuple[list[float], list[float]], lr: float, data: st.DataObject
+) -> None:
+    theta, grad = point
+    s = data.draw(st.integers(0, len(theta)))
+    cert = iht.certify_point(
+        torch.tensor(theta, dtype=F64), torch.tensor(grad, dtype=F64), lr=lr, sparsity=s
+    )
+    _assert_matches(cert, reference.certificate_row(theta, grad, lr, s, DEFAULT_GRAD_TOL))
+    assert cert.sparsity == s and cert.lr == lr and cert.grad_tol == DEFAULT_GRAD_TOL
+    # A stable point is a fixed point of the IHT map with a unique value.
+    if cert.stable and cert.nonzeros == s:
+        assert not cert.tie
+        assert cert.residual <= lr * DEFAULT_GRAD_TOL * math.sqrt(len(theta))
+
+
+@given(st.integers(1, 6), st.integers(1, 8), st.data())
+def test_batched_figures_equal_certify_point_row_by_row(
+    size: int, rows: int, data: st.DataObject
+) -> None:
+    s = data.draw(st.integers(0, size))
+    pts = [data.draw(points(size=size)) for _ in range(rows)]
+    lrs = data.draw(st.lists(st.sampled_from(LRS), min_size=rows, max_size=rows))
+    theta = torch.tensor([p[0] for p in pts], dtype=F64)
+    grad = torch.tensor([p[1] for p in pts], dtype=F64)
+    per_row = [iht.certify_point(theta[r], grad[r], lr=lrs[r], sparsity=s) for r in range(rows)]
+    for lr in (torch.tensor(lrs, dtype=F64), torch.tensor(lrs, dtype=F64).reshape(rows, 1)):
+        figures = stability_figures(theta, grad, lr=lr, sparsity=s)
+        for field in FIELDS:
+            assert figures[field].shape == (rows,), field
+            assert [float(v) for v in figures[field]] == [
+                float(getattr(c, field)) for c in per_row
+            ], field
+    # A scalar step applies to every row.
+    same = stability_figures(theta, grad, lr=lrs[0], sparsity=s)
+    for r in range(rows):
+        _assert_matches(
+            iht.certify_point(theta[r], grad[r], lr=lrs[0], sparsity=s),
+            {f: same[f][r].item() for f in FIELDS},
+        )
+
+
+# --------------------------------------------------------------------------- built points
+
+
+def test_tie_at_the_boundary_is_not_stable() -> None:
+    # Candidate theta - gamma grad = [2, 2, 0]: H_1 is set-valued. The tie rule picks
+    # index 0, so the residual is 0, yet the point is not HT-stable.
+    cert = iht.certify_point(
+        torch.tensor([2.0, 0.0, 0.0]), torch.tensor([0.0, -1.0, 0.0]), lr=2.0, sparsity=1
+    )
+    assert cert.tie is True
+    assert cert.residual == 0.0
+    assert cert.off_support_ratio == 1.0
+    assert cert.stable is False
+
+
+def test_tie_alone_breaks_stability() -> None:
+    # Ratio below 1 and on-support gradient within tolerance, but the on-support entry moved
+    # down to meet the off-support one: candidate = [2 - 2^-10, 2 - 2^-10].
+    eps = 2.0**-11
+    cert = iht.certify_point(
+        torch.tensor([2.0, 0.0], dtype=F64),
+        torch.tensor([eps, -(1 - eps)], dtype=F64),
+        lr=2.0,
+        sparsity=1,
+    )
+    assert cert.tie is True
+    assert cert.off_support_ratio == 1 - eps < 1
+    assert cert.max_grad_on_support == eps <= cert.grad_tol
+    assert cert.stable is False
+
+
+def test_large_off_support_gradient_is_not_stable() -> None:
+    theta = torch.tensor([3.0, 0.0, -1.0, 0.0], dtype=F64)
+    grad = torch.tensor([0.0, 0.5, 0.0, -4.0], dtype=F64)
+    cert = iht.certify_point(theta, grad, lr=0.5, sparsity=2)
+    assert cert.nonzeros == 2
+    assert cert.max_grad_on_support == 0.0
+    assert cert.max_grad_off_support == 4.0
+    assert cert.off_support_ratio == 2.0  # 0.5 * 4 / min(3, 1)
+    # theta - gamma grad = [3, -0.25, -1, 2]; H_2 keeps [3, 0, 0, 2].
+    assert cert.residual == pytest.approx(math.sqrt(5.0), rel=1e-15)
+    assert cert.tie is False
+    assert cert.stable is False
+
+
+def test_small_support_needs_a_zero_gradient() -> None:
+    theta = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    ok = iht.certify_point(theta, torch.zeros(3, dtype=F64), lr=1.0, sparsity=2)
+    assert ok.stable is True and ok.residual == 0.0 and ok.nonzeros == 1
+    # Ratio 0.01 < 1, but a free slot lets the off-support entry in.
+    bad = iht.certify_point(theta, torch.tensor([0.0, 0.01, 0.0], dtype=F64), lr=1.0, sparsity=2)
+    assert bad.off_support_ratio == pytest.approx(0.01)
+    assert bad.residual == pytest.approx(0.01)
+    assert bad.stable is False
+
+
+def test_point_with_more_than_s_nonzeros_is_not_stable() -> None:
+    # Not s-sparse, so not a fixed point of H_s whatever the gradient.
+    cert = iht.certify_point(
+        torch.tensor([1.0, 2.0, 3.0], dtype=F64), torch.zeros(3, dtype=F64), lr=1.0, sparsity=2
+    )
+    assert cert.nonzeros == 3
+    assert cert.residual == 1.0
+    assert cert.stable is False
+
+
+def test_empty_support_with_budget_is_not_stable_unless_gradient_is_zero() -> None:
+    zero = torch.zeros(4, dtype=F64)
+    assert iht.certify_point(zero, zero, lr=1.0, sparsity=2).stable is True
+    cert = iht.certify_point(
+        zero, torch.tensor([0.0, 0.1, 0.0, 0.0], dtype=F64), lr=1.0, sparsity=2
+    )
+    assert cert.off_support_ratio == math.inf
+    assert cert.stable is False
+
+
+def test_zero_budget_zero_point_is_stable() -> None:
+    # H_0 is the constant 0: theta = 0 is its fixed point for any gradient.
+    zero = torch.zeros(3, dtype=F64)
+    cert = iht.certify_point(zero, torch.tensor([5.0, -1.0, 0.0], dtype=F64), lr=1.0, sparsity=0)
+    assert cert.off_support_ratio == math.inf
+    assert cert.residual == 0.0
+    assert cert.stable is True
+    nonzero = iht.certify_point(torch.tensor([0.0, 1.0, 0.0], dtype=F64), zero, lr=1.0, sparsity=0)
+    assert nonzero.stable is False
+
+
+def test_dense_point_is_stable_iff_gradient_is_zero() -> None:
+    theta = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    assert iht.certify_point(theta, torch.full((3,), 1e-4, dtype=F64), lr=1.0, sparsity=None).stable
+    cert = iht.certify_point(theta, torch.tensor([0.0, 0.1, 0.0], dtype=F64), lr=1.0, sparsity=None)
+    assert cert.sparsity == 3
+    assert cert.max_grad_on_support == pytest.approx(0.1)
+    assert cert.residual == pytest.approx(0.1)
+    assert cert.stable is False
+
+
+def test_grad_tol_decides_what_counts_as_zero() -> None:
+    theta = torch.tensor([2.0, 0.0], dtype=F64)
+    grad = torch.tensor([1e-3, 1e-3], dtype=F64)
+    assert iht.certify_point(theta, grad, lr=1.0, sparsity=1).stable is True  # |g| <= tol
+    assert iht.certify_point(theta, grad, lr=1.0, sparsity=1, grad_tol=1e-4).stable is False
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"\(2, 2\)"):
+        iht.certify_point(torch.zeros(2, 2), torch.zeros(2, 2), lr=1.0, sparsity=1)
+    with pytest.raises(ValueError, match=r"\(3,\) and \(4,\)"):
+        iht.certify_point(torch.zeros(3), torch.zeros(4), lr=1.0, sparsity=1)
+    with pytest.raises(ValueError, match="got 4"):
+        iht.certify_point(torch.zeros(3), torch.zeros(3), lr=1.0, sparsity=4)
+    with pytest.raises(TypeError, match=r"1\.5"):
+        iht.certify_point(torch.zeros(3), torch.zeros(3), lr=1.0, sparsity=1.5)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- epsilon
+
+
+def test_epsilon_is_loss_minus_dense_loss() -> None:
+    theta = torch.tensor([1.0, 0.0], dtype=F64)
+    grad = torch.zeros(2, dtype=F64)
+    cert = iht.certify_point(
+        theta, grad, lr=1.0, sparsity=1, loss=0.30, dense_loss=0.05, epsilon_tol=0.3
+    )
+    assert cert.loss == 0.30 and cert.dense_loss == 0.05
+    assert cert.epsilon == pytest.approx(0.25)
+    assert cert.epsilon_optimal is True
+    tight = iht.certify_point(
+        theta, grad, lr=1.0, sparsity=1, loss=0.30, dense_loss=0.05, epsilon_tol=0.2
+    )
+    assert tight.epsilon_optimal is False
+    no_tol = iht.certify_point(theta, grad, lr=1.0, sparsity=1, loss=0.30, dense_loss=0.05)
+    assert no_tol.epsilon == pytest.approx(0.25) and no_tol.epsilon_optimal is None
+    no_dense = iht.certify_point(theta, grad, lr=1.0, sparsity=1, loss=0.30, epsilon_tol=0.2)
+    assert no_dense.epsilon is None and no_dense.epsilon_optimal is None
+
+
+# --------------------------------------------------------------------------- converged IHT
+
+
+def _noisy_planted(seed: int) -> reference.Planted:
+    """The planted problem with measurement noise: the minimiser is not exactly sparse, so the
+    off-support gradient at the IHT fixed point is nonzero and the ratio is a real test."""
+    clean = reference.planted_least_squares(seed=seed, size=40, sparsity=5, m=120)
+    noise = 0.05 * torch.randn(clean.b.shape, generator=_gen(seed + 50), dtype=F64)
+    return reference.Planted(A=clean.A, b=clean.b + noise, theta_true=clean.theta_true, sparsity=5)
+
+
+def _run_iht(problem: reference.Planted, lr: float, steps: int) -> Tensor:
+    theta = torch.zeros(problem.size, dtype=F64, requires_grad=True)
+    opt = iht.IHT([theta], lr=lr, sparsity=problem.sparsity)
+    for _ in range(steps):
+        theta.grad = problem.grad(theta.detach())
+        opt.step()
+    return theta.detach()
+
+
+def _lr(problem: reference.Planted) -> float:
+    return iht.estimate_l2s_fn(
+        problem.grad,
+        lambda n, g: torch.randn(n, problem.size, generator=g, dtype=F64),
+        sparsity=problem.sparsity,
+        size=problem.size,
+        n_samples=200,
+        generator=_gen(1),
+    ).lr
+
+
+@pytest.mark.parametrize("noisy", [False, True], ids=["exact", "noisy"])
+def test_converged_iht_point_is_stable(noisy: bool) -> None:
+    problem = _noisy_planted(0) if noisy else reference.planted_least_squares(seed=0)
+    lr = _lr(problem)
+    theta = _run_iht(problem, lr, 400)
+    grad = problem.grad(theta)
+    cert = iht.certify_point(theta, grad, lr=lr, sparsity=5, grad_tol=1e-9)
+    assert cert.stable is True
+    assert cert.nonzeros == 5
+    assert cert.tie is False
+    assert cert.residual < 1e-12
+    assert cert.max_grad_on_support < 1e-12
+    support = theta != 0
+    expected_ratio = lr * float(grad[~support].abs().max()) / float(theta[support].abs().min())
+    assert cert.off_support_ratio == pytest.approx(expected_ratio, rel=1e-12)
+    if noisy:
+        # Noise leaves a real off-support gradient, still well inside the stable region.
+        assert 1e-4 < cert.off_support_ratio < 0.5
+        assert torch.equal(support, problem.theta_true != 0)
+    else:
+        assert cert.off_support_ratio < 1e-10
+
+
+def test_certify_model_matches_certify_point_with_epsilon() -> None:
+    problem = _noisy_planted(1)
+    lr = _lr(problem)
+    theta = _run_iht(problem, lr, 400)
+    model = nn.Linear(40, 1, bias=False).to(F64)
+    with torch.no_grad():
+        model.weight.copy_(theta.reshape(1, 40))
+    A, b = problem.A, problem.b
+
+    def loss_fn(m: nn.Module) -> Tensor:
+        r = m(A).squeeze(1) - b
+        return 0.5 * (r * r).sum() / A.shape[0]
+
+    # The dense reference: least squares over all 40 coordinates.
+    dense = torch.linalg.lstsq(A, b.unsqueeze(1)).solution.squeeze(1)
+    dense_loss = float(problem.loss(dense))
+    sparse_loss = float(problem.loss(theta))
+    cert = iht.certify(
+        model, loss_fn, lr=lr, sparsity=5, grad_tol=1e-9, dense_loss=dense_loss, epsilon_tol=0.01
+    )
+    direct = iht.certify_point(theta, problem.grad(theta), lr=lr, sparsity=5, grad_tol=1e-9)
+    assert cert.stable is True and direct.stable is True
+    assert cert.nonzeros == 5
+    assert cert.off_support_ratio == pytest.approx(direct.off_support_ratio, rel=1e-9)
+    assert cert.residual < 1e-12
+    assert cert.loss == pytest.approx(sparse_loss, rel=1e-12)
+    assert cert.dense_loss == dense_loss
+    # The sparse fit cannot beat the dense one; with 5 true nonzeros it is close.
+    assert cert.epsilon == pytest.approx(sparse_loss - dense_loss, rel=1e-9)
+    assert 0 < cert.epsilon < 0.01
+    assert cert.epsilon_optimal is True
+    # The dense least-squares solution is a stable dense point.
+    dense_model = nn.Linear(40, 1, bias=False).to(F64)
+    with torch.no_grad():
+        dense_model.weight.copy_(dense.reshape(1, 40))
+    dense_cert = iht.certify(dense_model, loss_fn, lr=lr, sparsity=None, grad_tol=1e-9)
+    assert dense_cert.stable is True and dense_cert.nonzeros == 40
+    # And it is not an s-sparse fixed point.
+    assert iht.certify(dense_model, loss_fn, lr=lr, sparsity=5).stable is False
