@@ -30,9 +30,16 @@ import torch
 
 from .certify import DEFAULT_GRAD_TOL, stability_figures
 from .data import load_builtin, random_split
-from .engine import run_many
+from .engine import EngineResult, run_many
+from .errors import NonFiniteError
 from .init import linear_init, random_support
-from .lipschitz import DEFAULT_N_SAMPLES, draw_pairs, lipschitz_ratios, ratios_to_estimate
+from .lipschitz import (
+    DEFAULT_N_SAMPLES,
+    L2sEstimate,
+    draw_pairs,
+    lipschitz_ratios,
+    ratios_to_estimate,
+)
 from .problems import LinearSoftmax, SplitData
 
 __all__ = [
@@ -52,6 +59,7 @@ DENSE = "dense"
 IHT = "iht"
 SHOWCASE = "showcase"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+ENGINES = ("numba", "torch")
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,8 @@ class StudyConfig:
     tol: float = 0.05
     n_monte: int = DEFAULT_N_SAMPLES
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "float64"
+    engine: str = "numba"
     n_train: int = 120
     grad_tol: float = DEFAULT_GRAD_TOL
     chunk_runs: int = 500
@@ -89,6 +98,8 @@ class StudyConfig:
             fail("tol", self.tol, "a finite number >= 0")
         if self.n_monte < 1:
             fail("n_monte", self.n_monte, "an integer >= 1")
+        if self.engine not in ENGINES:
+            fail("engine", self.engine, f"one of {', '.join(ENGINES)}")
         if self.dtype not in DTYPES:
             fail("dtype", self.dtype, f"one of {', '.join(DTYPES)}")
         if not 1 < self.n_train < 150:
@@ -121,7 +132,7 @@ class StudyConfig:
 
 #: ``paper``: the paper's full study. ``quick``: the same structure, fewer runs per level.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"runs": 40},
+    "quick": {"runs": 100},
     "paper": {"runs": 1000},
 }
 
@@ -226,18 +237,21 @@ def run_chunk(
             [random_support(P, sparsity, generator=_gen(spec.support_seed)) for spec in specs]
         )
         theta_init = torch.where(masks, theta_init, torch.zeros_like(theta_init))
-    estimates = [_estimate(problem, spec, r, s_eff, config) for r, spec in enumerate(specs)]
+    if config.engine == "numba":
+        result, estimates = _train_numba(config, data, train, specs, theta_init, sparsity)
+    else:
+        estimates = [_estimate(problem, spec, r, s_eff, config) for r, spec in enumerate(specs)]
+        lr_torch = torch.tensor([e.lr for e in estimates], dtype=dtype)
+        result = run_many(
+            problem,
+            theta_init.to(dtype),
+            lr_torch,
+            sparsity=sparsity,
+            max_steps=config.max_steps,
+            tol=config.tol,
+            on_step=on_step,
+        )
     lr = torch.tensor([e.lr for e in estimates], dtype=torch.float64)
-
-    result = run_many(
-        problem,
-        theta_init.to(dtype),
-        lr.to(dtype),
-        sparsity=sparsity,
-        max_steps=config.max_steps,
-        tol=config.tol,
-        on_step=on_step,
-    )
     rows = torch.arange(len(specs))
     metrics = problem.metrics(result.theta, rows)
     _, grad = problem.loss_and_grad(result.theta, rows)
@@ -286,6 +300,73 @@ def run_chunk(
         row["epsilon"] = row["train_loss"] - row["dense_train_loss"]
         out.append(row)
     return out
+
+
+def _train_numba(
+    config: StudyConfig,
+    data: Any,
+    train: np.ndarray,
+    specs: list[RunSpec],
+    theta_init: torch.Tensor,
+    sparsity: int | None,
+) -> tuple[EngineResult, list[L2sEstimate]]:
+    """The compiled fast path: L_hat of every run and its training, in :mod:`iht.fastpath`."""
+    from . import fastpath
+
+    np_dtype = np.float64 if config.dtype == "float64" else np.float32
+    standardised = SplitData(data.X, data.y, train).standardised()  # (R, 150, 4)
+    idx = np.stack([np.flatnonzero(m) for m in train])  # (R, n_train)
+    x_train = np.ascontiguousarray(
+        np.take_along_axis(standardised, idx[:, :, None], axis=1).transpose(0, 2, 1), dtype=np_dtype
+    )
+    y_train = data.y[idx]
+    s_eff = P if sparsity is None else sparsity
+
+    def init_fn(n: int, gen: torch.Generator | None) -> torch.Tensor:
+        return linear_init(n, N_FEATURES, N_CLASSES, generator=gen)
+
+    pairs = [
+        draw_pairs(
+            init_fn, sparsity=s_eff, size=P, n_samples=config.n_monte, generator=_gen(spec.mc_seed)
+        )
+        for spec in specs
+    ]
+    sparse = torch.cat([a for a, _ in pairs]).numpy()
+    perturbed = torch.cat([b for _, b in pairs]).numpy()
+    run_of_row = np.repeat(np.arange(len(specs)), config.n_monte)
+    _, g_sparse = fastpath.loss_and_grad_rows(x_train, y_train, run_of_row, sparse)
+    _, g_perturbed = fastpath.loss_and_grad_rows(x_train, y_train, run_of_row, perturbed)
+    ratios = np.linalg.norm(g_sparse.astype(np.float64) - g_perturbed, axis=1) / np.linalg.norm(
+        sparse - perturbed, axis=1
+    )
+    estimates = [
+        ratios_to_estimate(
+            torch.from_numpy(ratios[r * config.n_monte : (r + 1) * config.n_monte]), s_eff
+        )
+        for r in range(len(specs))
+    ]
+    lr = np.array([e.lr for e in estimates])
+    theta, steps, loss = fastpath.train_runs(
+        x_train,
+        y_train,
+        lr,
+        theta_init.numpy(),
+        sparsity=sparsity,
+        max_steps=config.max_steps,
+        tol=config.tol,
+    )
+    if not np.isfinite(loss).all() or not np.isfinite(theta).all():
+        bad = np.flatnonzero(~np.isfinite(loss) | ~np.isfinite(theta).all(axis=1))
+        raise NonFiniteError(
+            f"runs {[specs[i].run_id for i in bad[:10]]} diverged (non-finite loss)"
+        )
+    result = EngineResult(
+        theta=torch.from_numpy(theta),
+        steps=torch.from_numpy(steps),
+        reached_tol=torch.from_numpy(loss <= config.tol),
+        loss=torch.from_numpy(loss),
+    )
+    return result, estimates
 
 
 def _gen(seed: int) -> torch.Generator:
