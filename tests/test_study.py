@@ -45,9 +45,16 @@ def assert_rows_equal(row: dict[str, Any], ref: dict[str, Any], tol: float) -> N
             assert value == expected, (key, value, expected)
 
 
-def test_engine_equals_faithful_single_runs_float64() -> None:
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_engine_equals_faithful_single_runs_float64(engine: str) -> None:
     config = StudyConfig(
-        runs=3, chunk_runs=3, max_steps=300, dtype="float64", n_monte=20, levels=(1, 5, 12)
+        runs=3,
+        chunk_runs=3,
+        max_steps=300,
+        dtype="float64",
+        n_monte=20,
+        levels=(1, 5, 12),
+        engine=engine,
     )
     chunks = plan_chunks(config)
     dense_rows = run_chunk(config, chunks[0])

@@ -17,6 +17,8 @@ applied, H_s ties to the smaller index); tests check that the two agree in float
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -24,12 +26,12 @@ from numba.extending import intrinsic
 from numpy.typing import NDArray
 
 __all__ = [
+    "N_CLASSES",
+    "N_FEATURES",
     "exp_nonpositive",
     "log_1_to_3",
-    "train_runs",
     "loss_and_grad_rows",
-    "N_FEATURES",
-    "N_CLASSES",
+    "train_runs",
 ]
 
 N_FEATURES, N_CLASSES = 4, 3
@@ -85,7 +87,7 @@ def _exp_neg64(x):  # type: ignore[no-untyped-def]
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    return p * _i64_as_f64((np.int64(n) + 1023) << 52)
+    return p * _i64_as_f64((np.int64(n) + 1023) << 52)  # type: ignore[call-arg]
 
 
 @njit(inline="always", fastmath=_FAST)
@@ -132,7 +134,7 @@ def _exp_neg32(x):  # type: ignore[no-untyped-def]
     p = p * r + _E5
     p = p * r + _E6
     p = p * r + _E6
-    return p * _i32_as_f32((np.int32(n) + np.int32(127)) << np.int32(23))
+    return p * _i32_as_f32((np.int32(n) + np.int32(127)) << np.int32(23))  # type: ignore[call-arg]
 
 
 @njit(inline="always", fastmath=_FAST)
@@ -281,21 +283,21 @@ def _kernels(dtype: np.dtype) -> tuple:  # type: ignore[type-arg]
     return _KERNELS[key]
 
 
-def exp_nonpositive(x: NDArray[np.floating]) -> NDArray[np.floating]:
+def exp_nonpositive(x: NDArray[Any]) -> NDArray[Any]:
     """The kernel's exp on a 1-D array of values <= 0 (exposed for tests)."""
     out = np.empty_like(x)
     _kernels(x.dtype)[2](x, out)
     return out
 
 
-def log_1_to_3(x: NDArray[np.floating]) -> NDArray[np.floating]:
+def log_1_to_3(x: NDArray[Any]) -> NDArray[Any]:
     """The kernel's log on a 1-D array of values in [1, 3] (exposed for tests)."""
     out = np.empty_like(x)
     _kernels(x.dtype)[3](x, out)
     return out
 
 
-def _check(X: NDArray[np.floating], y: NDArray[np.integer]) -> None:
+def _check(X: NDArray[Any], y: NDArray[Any]) -> None:
     if X.ndim != 3 or X.shape[1] != N_FEATURES or not X.flags.c_contiguous:
         raise ValueError(f"X must be C-contiguous of shape (R, {N_FEATURES}, N), got {X.shape}")
     if y.shape != (X.shape[0], X.shape[2]):
@@ -303,15 +305,15 @@ def _check(X: NDArray[np.floating], y: NDArray[np.integer]) -> None:
 
 
 def train_runs(
-    X: NDArray[np.floating],
-    y: NDArray[np.integer],
-    lr: NDArray[np.floating],
-    theta0: NDArray[np.floating],
+    X: NDArray[Any],
+    y: NDArray[Any],
+    lr: NDArray[Any],
+    theta0: NDArray[Any],
     *,
     sparsity: int | None,
     max_steps: int,
     tol: float,
-) -> tuple[NDArray[np.floating], NDArray[np.int64], NDArray[np.floating]]:
+) -> tuple[NDArray[Any], NDArray[np.int64], NDArray[Any]]:
     """Train R runs to the stopping rule: H_s(theta - lr grad f) (GD when sparsity is None).
 
     Args:
@@ -347,11 +349,11 @@ def train_runs(
 
 
 def loss_and_grad_rows(
-    X: NDArray[np.floating],
-    y: NDArray[np.integer],
-    run_of_row: NDArray[np.integer],
-    theta: NDArray[np.floating],
-) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
+    X: NDArray[Any],
+    y: NDArray[Any],
+    run_of_row: NDArray[Any],
+    theta: NDArray[Any],
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """Loss and gradient of many parameter vectors, row i on the data of run ``run_of_row[i]``."""
     _check(X, y)
     theta = np.ascontiguousarray(theta, dtype=X.dtype)
