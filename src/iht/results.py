@@ -120,6 +120,7 @@ class ResultStore:
                 pq.write_table(table, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -149,6 +150,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
