@@ -94,7 +94,12 @@ def _mask_unchecked(x: Tensor, s: int) -> Tensor:
     if s >= size:
         return torch.ones_like(x, dtype=torch.bool)
     mag = x.abs()
-    kth = torch.topk(mag, s, dim=-1, sorted=True).values[..., -1:]
+    kth = torch.topk(mag, s, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    keep = mag >= kth
+    # Usually no tie crosses the boundary and every entry >= t is kept. Only when more than s
+    # entries reach t must the tied ones be ranked by index (the smaller index wins).
+    if bool((keep.sum(dim=-1) <= s).all()):
+        return keep
     above = mag > kth
     at = mag == kth
     n_above = above.sum(dim=-1, keepdim=True)
