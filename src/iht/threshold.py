@@ -94,7 +94,7 @@ def _mask_unchecked(x: Tensor, s: int) -> Tensor:
     if s >= size:
         return torch.ones_like(x, dtype=torch.bool)
     mag = x.abs()
-    kth = torch.topk(mag, s, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    kth = _kth_largest(mag, s)
     keep = mag >= kth
     # Usually no tie crosses the boundary and every entry >= t is kept. Only when more than s
     # entries reach t must the tied ones be ranked by index (the smaller index wins).
@@ -106,6 +106,45 @@ def _mask_unchecked(x: Tensor, s: int) -> Tensor:
     # Rank of each tied entry among the ties of its row, in index order: 1, 2, ...
     rank_at = torch.cumsum(at.to(torch.int32), dim=-1)
     return above | (at & (rank_at <= s - n_above))
+
+
+#: Vectors at least this long find t by sampling (see :func:`_kth_largest_by_sampling`).
+SAMPLING_THRESHOLD = 1 << 20
+
+
+def _kth_largest(mag: Tensor, s: int) -> Tensor:
+    """The s-th largest value of every row of ``mag`` (>= 0), shape (..., 1). Exact."""
+    if mag.dim() == 1 and mag.numel() >= SAMPLING_THRESHOLD:
+        found = _kth_largest_by_sampling(mag, s)
+        if found is not None:
+            return found.reshape(1)
+    return torch.topk(mag, s, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+
+
+def _kth_largest_by_sampling(mag: Tensor, s: int, sample_size: int = 1 << 16) -> Tensor | None:
+    """Exact s-th largest of a long vector in a few passes, or None to fall back to topk.
+
+    A strided sample brackets the answer between two of its quantiles, lo <= t < hi; two counts
+    check the bracket, and ``topk`` then runs only on the few entries inside it. The bracket is a
+    guess; the counts make the result exact (None when the guess missed).
+    """
+    size = mag.numel()
+    sample = mag[:: max(1, size // sample_size)].float()
+    fraction = s / size
+    # Bracket width: a few standard deviations of a sampled quantile, plus a margin.
+    spread = 4.0 * (fraction * (1 - fraction) / sample.numel()) ** 0.5 + 2.0 / sample.numel()
+    q_lo, q_hi = max(0.0, 1.0 - fraction - spread), min(1.0, 1.0 - fraction + spread)
+    ordered = torch.sort(sample).values
+    last = ordered.numel() - 1
+    lo = ordered[int(q_lo * last)].to(mag.dtype)
+    hi = ordered[int(q_hi * last)].to(mag.dtype)
+    n_hi = int((mag >= hi).sum()) if q_hi < 1.0 else 0
+    if q_hi >= 1.0:
+        hi = mag.max() + 1  # nothing is above the bracket
+    band = mag[(mag >= lo) & (mag < hi)]
+    if not (n_hi < s <= n_hi + band.numel()):
+        return None
+    return torch.topk(band, s - n_hi, sorted=False).values.amin()
 
 
 def hard_threshold(x: Tensor, s: int) -> Tensor:
