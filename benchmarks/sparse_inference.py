@@ -53,7 +53,7 @@ def main() -> None:
             nn.Linear(args.width, 10),
         )
         size = sum(p.numel() for p in model.parameters())
-        budget = int(round((1 - sparsity) * size))
+        budget = round((1 - sparsity) * size)
         iht.sparse_init_(model.parameters(), budget, generator=torch.Generator().manual_seed(0))
         dense_time = best_of(lambda: model(x))
         expected = model(x)

@@ -33,8 +33,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e5,1e6,1e7,1e8")
     parser.add_argument("--density", type=float, default=0.1, help="s / P")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, s = {args.density} P")
-    print(f"{'P':>10} {'topk':>10} {'kthvalue':>10} {'sort':>10} {'mask+select':>12} {'hard_threshold':>15}   (ms)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, s = {args.density} P"
+    )
+    print(
+        f"{'P':>10} {'topk':>10} {'kthvalue':>10} {'sort':>10} {'mask+select':>12} {'hard_threshold':>15}   (ms)"
+    )
     for size in (int(float(v)) for v in args.sizes.split(",")):
         x = torch.randn(size, generator=torch.Generator().manual_seed(0))
         s = max(1, int(args.density * size))
@@ -42,12 +46,18 @@ def main() -> None:
         repeats = 5 if size <= 10**7 else 2
         t_topk = best_of(lambda: torch.topk(mag, s, sorted=False).values.min(), repeats)
         t_kth = best_of(lambda: torch.kthvalue(mag, size - s + 1).values, repeats)
-        t_sort = best_of(lambda: torch.sort(mag, descending=True).values[s - 1], repeats) if size <= 10**7 else float("nan")
+        t_sort = (
+            best_of(lambda: torch.sort(mag, descending=True).values[s - 1], repeats)
+            if size <= 10**7
+            else float("nan")
+        )
         kth = torch.kthvalue(mag, size - s + 1).values
         t_select = best_of(lambda: torch.where(mag >= kth, x, 0.0), repeats)
         t_ht = best_of(lambda: hard_threshold(x, s), repeats)
-        print(f"{size:>10.0e} {t_topk * 1e3:>10.1f} {t_kth * 1e3:>10.1f} {t_sort * 1e3:>10.1f} "
-              f"{t_select * 1e3:>12.1f} {t_ht * 1e3:>15.1f}   kthvalue/topk = {t_kth / t_topk:.2f}")
+        print(
+            f"{size:>10.0e} {t_topk * 1e3:>10.1f} {t_kth * 1e3:>10.1f} {t_sort * 1e3:>10.1f} "
+            f"{t_select * 1e3:>12.1f} {t_ht * 1e3:>15.1f}   kthvalue/topk = {t_kth / t_topk:.2f}"
+        )
 
 
 if __name__ == "__main__":
