@@ -135,6 +135,18 @@ def report(directory: Path) -> None:
     click.echo(f"report: {html}", err=True)
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules (imported here, run lazily by click)."""
+    from .compare import compare_command
+    from .train_cmd import train_command
+
+    cli.add_command(train_command)
+    cli.add_command(compare_command)
+
+
+_register_commands()
+
+
 def _describe(config: StudyConfig) -> str:
     fields = dataclasses.asdict(config)
     levels = fields.pop("levels")

@@ -1,32 +1,64 @@
-"""Data: the data sets scikit-learn ships, random train/test splits, standardisation.
+"""Data: the data sets scikit-learn ships, CSV files, random train/test splits, standardisation.
 
-Nothing is downloaded: iris, wine, breast_cancer and digits ship inside scikit-learn.
+Nothing is downloaded: iris, wine, breast_cancer and digits ship inside scikit-learn. A CSV
+file needs a header row, numeric feature columns and one target column of class labels
+(strings or integers); every problem with it is a :class:`DataError` of one line.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-__all__ = ["BUILTIN_DATASETS", "Dataset", "load_builtin", "random_split", "standardise"]
+__all__ = [
+    "BUILTIN_DATASETS",
+    "MISSING_TOKENS",
+    "DataError",
+    "Dataset",
+    "load_builtin",
+    "load_csv",
+    "load_dataset",
+    "n_test_rows",
+    "random_split",
+    "standardise",
+]
 
 BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "digits")
+
+#: Cell values read as "missing" in a CSV file (compared after stripping, case-insensitively).
+MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-"})
+
+
+class DataError(ValueError):
+    """The data cannot be used as given (a bad CSV file, too few rows, ...); one line."""
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features X (n, d) as float64 and integer class labels y (n,) in 0..n_classes-1."""
+    """Features X (n, d) as float64 and integer class labels y (n,) in 0..n_classes-1.
+
+    ``class_names[c]`` is the original label of class c (for a CSV target, the labels in
+    sorted order); ``feature_names`` are the column names. Both may be empty.
+    """
 
     name: str
     X: NDArray[np.float64]
     y: NDArray[np.int64]
+    feature_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
 
     @property
     def n_classes(self) -> int:
-        return int(self.y.max()) + 1
+        return max(len(self.class_names), int(self.y.max()) + 1)
 
     @property
     def n_features(self) -> int:
@@ -50,7 +82,223 @@ def load_builtin(name: str) -> Dataset:
         name=name,
         X=np.asarray(bunch.data, dtype=np.float64),
         y=np.asarray(bunch.target, dtype=np.int64),
+        feature_names=tuple(str(f) for f in bunch.feature_names),
+        class_names=tuple(str(c) for c in bunch.target_names),
     )
+
+
+def load_dataset(spec: str, *, target: str | None = None) -> Dataset:
+    """A built-in data set by name (:data:`BUILTIN_DATASETS`) or a CSV file by path.
+
+    Args:
+        spec: ``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"digits"`` or a CSV path.
+        target: the class-label column of a CSV file (required for a CSV, refused otherwise).
+
+    Raises:
+        DataError: see :func:`load_csv`; ``target`` given with a built-in set or missing
+            with a CSV file.
+    """
+    if spec in BUILTIN_DATASETS:
+        if target is not None:
+            raise DataError(
+                f"--target is only for CSV files; the built-in set {spec!r} has its own labels"
+            )
+        return load_builtin(spec)
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(
+            f"no such file {spec!r}, and it is not a built-in data set "
+            f"({', '.join(BUILTIN_DATASETS)})"
+        )
+    if target is None:
+        raise DataError(f"a CSV file needs --target COLUMN naming its class-label column ({spec})")
+    return load_csv(path, target=target)
+
+
+def load_csv(path: str | os.PathLike[str], *, target: str) -> Dataset:
+    """Read a classification data set from a CSV file (comma-separated, UTF-8, header row).
+
+    Every column but ``target`` is a numeric feature. The target holds class labels:
+    integers (sorted numerically) or strings (sorted as strings); class c is the c-th label
+    in that order and ``class_names`` keeps the labels. Blank lines are skipped. Cells in
+    :data:`MISSING_TOKENS` (empty, NA, NaN, ...) count as missing, which is an error: this
+    function never guesses a value.
+
+    Raises:
+        DataError: with one line naming the problem: missing or unreadable file, empty file,
+            no header row, a header without data rows, fewer than 2 columns, a row with the
+            wrong number of fields, duplicate or empty column names, unknown ``target``
+            (the message lists the columns), missing values (column, count, first line),
+            a non-numeric or infinite feature value (column, line, the value), non-integer
+            numeric labels, fewer than 2 classes, fewer than 2 rows.
+
+    Example:
+        >>> data = load_csv("flowers.csv", target="species")      # doctest: +SKIP
+        >>> data.X.shape, data.class_names                        # doctest: +SKIP
+        ((150, 4), ('setosa', 'versicolor', 'virginica'))
+    """
+    path = Path(path)
+    rows, lines = _read_rows(path)
+    where = path.name
+    if not rows:
+        raise DataError(f"{path} is empty; a CSV file needs a header row and data rows")
+    header = [name.strip() for name in rows[0]]
+    data, data_lines = rows[1:], lines[1:]
+    if len(header) < 2:
+        raise DataError(
+            f"{where} has {len(header)} column ({header[0]!r}); it needs at least one feature "
+            "column and the target column, separated by commas"
+        )
+    if all(_is_number(name) for name in header):
+        raise DataError(
+            f"{where} has no header row: its first line ({_preview(header)}) is all numbers; "
+            "add a first line naming the columns"
+        )
+    for j, name in enumerate(header):
+        if not name:
+            raise DataError(f"{where}: column {j + 1} has an empty name in the header row")
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise DataError(f"{where}: duplicate column names in the header: {_preview(duplicated)}")
+    if not data:
+        raise DataError(f"{where} has a header row but no data rows")
+    for row, line in zip(data, data_lines, strict=True):
+        if len(row) != len(header):
+            raise DataError(
+                f"{where}: line {line} has {len(row)} fields, the header has {len(header)}"
+            )
+    if target not in header:
+        raise DataError(
+            f"target column {target!r} is not in {where}; its columns are: {_preview(header, 20)}"
+        )
+    if len(data) < 2:
+        raise DataError(
+            f"{where} has only 1 data row; at least 2 are needed to split into training and test rows"
+        )
+
+    columns = [[row[j].strip() for row in data] for j in range(len(header))]
+    for name, values in zip(header, columns, strict=True):
+        missing = [i for i, v in enumerate(values) if v.lower() in MISSING_TOKENS]
+        if missing:
+            raise DataError(
+                f"{where}: column {name!r} has {len(missing)} missing value(s) of {len(values)} "
+                f"rows (first on line {data_lines[missing[0]]}: {values[missing[0]] or 'an empty cell'!r}); "
+                "fill or drop them first"
+            )
+    features = [j for j, name in enumerate(header) if name != target]
+    X = np.empty((len(data), len(features)), dtype=np.float64)
+    for k, j in enumerate(features):
+        X[:, k] = _numeric_column(header[j], columns[j], data_lines, where)
+    y, class_names = _labels(target, columns[header.index(target)], data_lines, where)
+    return Dataset(
+        name=path.stem,
+        X=X,
+        y=y,
+        feature_names=tuple(header[j] for j in features),
+        class_names=class_names,
+    )
+
+
+def _read_rows(path: Path) -> tuple[list[list[str]], list[int]]:
+    """Non-blank CSV rows and the file line on which each starts."""
+    if not path.exists():
+        raise DataError(f"CSV file {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a CSV file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: drop a byte-order mark
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a UTF-8 text file; save it as UTF-8 CSV") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    reader = csv.reader(io.StringIO(text))
+    start = 1
+    try:
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                rows.append(row)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{path.name}: line {reader.line_num} is not valid CSV: {exc}") from None
+    return rows, lines
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _preview(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _numeric_column(
+    name: str, values: list[str], lines: list[int], where: str
+) -> NDArray[np.float64]:
+    try:
+        column = np.asarray(values, dtype=np.float64)
+    except ValueError:
+        bad = next(i for i, v in enumerate(values) if not _is_number(v))
+        raise DataError(
+            f"{where}: feature column {name!r} is not numeric (line {lines[bad]} holds "
+            f"{values[bad]!r}); features must be numbers, only the target may hold strings"
+        ) from None
+    if not np.isfinite(column).all():
+        bad = int(np.flatnonzero(~np.isfinite(column))[0])
+        raise DataError(
+            f"{where}: feature column {name!r} holds the non-finite value {values[bad]!r} "
+            f"on line {lines[bad]}"
+        )
+    return column
+
+
+def _labels(
+    name: str, values: list[str], lines: list[int], where: str
+) -> tuple[NDArray[np.int64], tuple[str, ...]]:
+    """Map labels to 0..C-1 in sorted order (numeric order if every label is a number)."""
+    if all(_is_number(v) for v in values):
+        numbers = np.asarray(values, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(numbers) | (numbers != np.round(numbers)))
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(
+                f"{where}: target column {name!r} holds the number {values[i]!r} on line "
+                f"{lines[i]}; class labels must be integers or strings (is it a regression target?)"
+            )
+        ints = numbers.astype(np.int64)
+        classes, y = np.unique(ints, return_inverse=True)
+        class_names = tuple(str(int(c)) for c in classes)
+    else:
+        labels, y = np.unique(np.asarray(values, dtype=str), return_inverse=True)
+        class_names = tuple(str(c) for c in labels)
+    if len(class_names) < 2:
+        raise DataError(
+            f"{where}: target column {name!r} holds a single class ({class_names[0]!r}); "
+            "classification needs at least 2"
+        )
+    return y.astype(np.int64).reshape(-1), class_names
+
+
+def n_test_rows(n: int, test_fraction: float) -> int:
+    """The number of test rows for ``n`` rows: round(test_fraction * n), kept in 1..n-1.
+
+    Rounds half up; at least one row goes to each side, so ``n >= 2`` is needed.
+
+    Raises:
+        DataError: ``n < 2`` or ``test_fraction`` not in (0, 1).
+    """
+    if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
+        raise DataError(f"test fraction must be in (0, 1), got {test_fraction!r}")
+    if n < 2:
+        raise DataError(f"{n} row(s) cannot be split into training and test rows; need at least 2")
+    return min(max(math.floor(test_fraction * n + 0.5), 1), n - 1)
 
 
 def random_split(n: int, n_train: int, *, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

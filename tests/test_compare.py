@@ -1,0 +1,311 @@
+"""Tests of ``iht compare``: budgets, the GMP schedule, equal step budgets, one-shot pruning, CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+import iht
+from iht import data as data_module
+from iht.cli import cli, main
+from iht.compare import (
+    METHODS,
+    SPARSE_METHODS,
+    CompareConfig,
+    compare_command,
+    format_table,
+    gmp_plan,
+    gmp_sparsity,
+    parse_methods,
+    parse_sparsity,
+    prune_global_,
+    run_compare,
+    summarise,
+    torch_threads,
+)
+
+assert cli.commands["compare"] is compare_command  # registered by iht.cli
+
+STEPS, N_MONTE = 40, 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # As the command line does: tiny tensors, no gain from intra-op threads (see torch_threads).
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def iris_runs() -> pd.DataFrame:
+    config = CompareConfig(data="iris", sparsity=(1, 5, 15), seeds=2, steps=STEPS, n_monte=N_MONTE)
+    return run_compare(config, progress=False)
+
+
+# -- budgets ----------------------------------------------------------------------------
+def test_every_sparse_method_ends_within_budget(iris_runs: pd.DataFrame) -> None:
+    assert len(iris_runs) == len(METHODS) * 3 * 2
+    sparse = iris_runs[iris_runs["method"].isin(SPARSE_METHODS)]
+    assert (sparse["nonzeros"] <= sparse["sparsity"]).all()
+    dense = iris_runs[iris_runs["method"] == "dense"]
+    assert (dense["nonzeros"] == 15).all()
+    assert iris_runs[["train_loss", "test_loss"]].notna().all().all()
+
+
+def test_budget_holds_for_an_mlp_and_a_strong_l1_penalty() -> None:
+    # Two layers: global selection across tensors; lambda so large that L1 zeroes everything.
+    config = CompareConfig(
+        data="iris", sparsity=(3, 40), hidden=(6,), seeds=1, l1=50.0, steps=STEPS, n_monte=N_MONTE
+    )
+    frame = run_compare(config, progress=False)
+    assert set(frame["n_params"]) == {4 * 6 + 6 + 6 * 3 + 3}
+    sparse = frame[frame["method"].isin(SPARSE_METHODS)]
+    assert (sparse["nonzeros"] <= sparse["sparsity"]).all()
+    assert (frame.loc[frame["method"] == "l1", "l1_nonzeros"] == 0).all()
+
+
+def test_equal_gradient_budgets_are_counted(iris_runs: pd.DataFrame) -> None:
+    # grad_evals is a counter incremented by every evaluation of the training loss used for
+    # a gradient (shared pre-training included), not a number computed from the config.
+    assert (iris_runs["grad_evals"] == STEPS).all()
+    assert set(iris_runs.groupby("method")["grad_evals"].unique().map(tuple)) == {(40,)}
+    assert (iris_runs["estimate_grad_evals"] == 2 * N_MONTE).all()
+
+
+def test_odd_steps_and_lr_override() -> None:
+    config = CompareConfig(data="iris", sparsity=(4,), seeds=1, steps=7, lr=0.3, n_monte=2)
+    frame = run_compare(config, progress=False)
+    assert (frame["grad_evals"] == 7).all()
+    assert (frame["lr"] == 0.3).all()
+    assert (frame["estimate_grad_evals"] == 0).all()
+
+
+def test_seeds_share_nothing_but_methods_share_the_seed(iris_runs: pd.DataFrame) -> None:
+    dense = iris_runs[iris_runs["method"] == "dense"]
+    # The dense run is trained once per seed and repeated for each s.
+    assert dense.groupby("seed")["train_loss"].nunique().eq(1).all()
+    assert dense.groupby("sparsity")["train_loss"].nunique().eq(2).all()
+    # At s = P nothing is pruned: one-shot and L1 (lambda 1e-3 aside) track dense.
+    full = iris_runs[iris_runs["sparsity"] == 15].set_index(["method", "seed"])["train_loss"]
+    assert full["oneshot"].to_numpy() == pytest.approx(full["dense"].to_numpy(), rel=1e-12)
+
+
+# -- GMP schedule ---------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", [2, 3, 7, 60, 2000, 2001])
+def test_gmp_plan_fits_in_training(steps: int) -> None:
+    plan = gmp_plan(steps)
+    assert 0 <= plan.t0 <= plan.end <= max(steps - 1, 0)
+    assert plan.end <= steps * 2 / 3 or steps < 4
+    assert plan.dt >= 1 and plan.n >= 0
+
+
+def test_gmp_plan_default() -> None:
+    assert gmp_plan(2000) == gmp_plan(2000, start=1 / 6, end=2 / 3, events=100)
+    plan = gmp_plan(2000)
+    assert (plan.t0, plan.dt, plan.n, plan.end) == (333, 10, 100, 1333)
+
+
+@pytest.mark.parametrize(("initial", "final"), [(0.0, 0.8), (0.0, 1 - 5 / 15), (0.2, 0.99)])
+def test_gmp_schedule_is_the_cubic_of_zhu_and_gupta(initial: float, final: float) -> None:
+    t0, dt, n = 30, 7, 20
+    values = [
+        gmp_sparsity(t, initial=initial, final=final, t0=t0, dt=dt, n=n)
+        for t in range(t0 + n * dt + 50)
+    ]
+    # Starts at the initial sparsity (before and at t0), reaches the final one at t0 + n dt.
+    assert values[0] == values[t0] == initial
+    assert values[t0 + n * dt] == final
+    assert all(v == pytest.approx(final, abs=0) for v in values[t0 + n * dt :])
+    # Monotone, and constant between pruning steps.
+    assert all(a <= b for a, b in itertools.pairwise(values))
+    for k in range(n):
+        assert len(set(values[t0 + k * dt : t0 + (k + 1) * dt])) == 1
+    # Cubic: (s_t - s_f) / (s_i - s_f) = (1 - k/n)^3 at the pruning steps.
+    for k in range(n + 1):
+        ratio = (values[t0 + k * dt] - final) / (initial - final)
+        assert ratio == pytest.approx((1 - k / n) ** 3, abs=1e-12)
+    # Pruning is fastest at the start: the increments shrink.
+    jumps = [values[t0 + (k + 1) * dt] - values[t0 + k * dt] for k in range(n)]
+    assert all(a >= b - 1e-15 for a, b in itertools.pairwise(jumps))
+
+
+def test_gmp_schedule_with_a_single_event() -> None:
+    assert gmp_sparsity(4, initial=0.0, final=0.9, t0=5, dt=1, n=0) == 0.0
+    assert gmp_sparsity(5, initial=0.0, final=0.9, t0=5, dt=1, n=0) == 0.9
+
+
+# -- one-shot pruning -----------------------------------------------------------------------
+@pytest.mark.parametrize(("hidden", "s"), [((), 5), ((), 1), ((), 15), ((7,), 12)])
+def test_oneshot_keeps_the_s_largest_magnitudes(hidden: tuple[int, ...], s: int) -> None:
+    torch.manual_seed(3)
+    layers: list[nn.Module] = []
+    width = 4
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    model = nn.Sequential(*layers, nn.Linear(width, 3)).double()
+    slots = [(m, n) for m in model.modules() for n, _ in m.named_parameters(recurse=False)]
+    dense = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    x = torch.randn(9, 4, dtype=torch.float64)
+    expected = iht.hard_threshold(dense, s)  # continuous values: no ties
+
+    pruned = prune_global_(model, s)
+    assert pruned == slots
+    # While the hooks are on, the forward pass uses the pruned parameters.
+    with torch.no_grad():
+        hooked = model(x)
+    for module, name in pruned:
+        prune.remove(module, name)
+    after = torch.cat([getattr(m, n).detach().reshape(-1) for m, n in slots])
+    assert torch.equal(after, expected)
+    assert int(torch.count_nonzero(after)) == s
+    with torch.no_grad():
+        assert torch.equal(model(x), hooked)
+
+
+# -- parsing ----------------------------------------------------------------------------
+def test_parse_sparsity() -> None:
+    assert parse_sparsity("3,5,8", 15) == (3, 5, 8)
+    assert parse_sparsity("8, 3,3", 15) == (3, 8)
+    assert parse_sparsity("1-3,12", 15) == (1, 2, 3, 12)
+    assert parse_sparsity("10%,0.5,1.0", 650) == (65, 325, 650)
+    assert parse_sparsity("0.01", 15) == (1,)  # a fraction never rounds to 0
+    for bad, message in [
+        ("0", "1..15"),
+        ("16", "1..15"),
+        ("-2", "1..15"),
+        ("1.5", "(0, 1]"),
+        ("0%", "(0, 1]"),
+        ("five", "not a count"),
+        ("5-3", "empty"),
+        ("", "not a count"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+            parse_sparsity(bad, 15)
+
+
+def test_parse_methods() -> None:
+    assert parse_methods("iht, dense") == ("dense", "iht")
+    with pytest.raises(ValueError, match="unknown method 'sgd'"):
+        parse_methods("iht,sgd")
+
+
+# -- summary ----------------------------------------------------------------------------
+def test_summary_shows_dense_once_and_every_sparse_method_per_s(iris_runs: pd.DataFrame) -> None:
+    table = summarise(iris_runs)
+    assert list(table["method"]) == ["dense"] + [m for _ in (1, 5, 15) for m in SPARSE_METHODS]
+    assert (table["runs"] == 2).all()
+    text = format_table(table)
+    assert len(text.splitlines()) == 1 + len(table)
+    assert text.splitlines()[1].split()[:2] == ["dense", "dense"]
+
+
+def test_torch_threads_restores_the_setting() -> None:
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
+# -- command line ---------------------------------------------------------------------------
+ARGS = ["--steps", "30", "--n-monte", "3", "--no-progress"]
+
+
+def test_cli_writes_results_config_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    code = main(
+        ["compare", "--data", "iris", "--sparsity", "2,5", "--seeds", "2", "--out", str(out), *ARGS]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    frame = pd.read_parquet(out / "results.parquet")
+    assert len(frame) == len(METHODS) * 2 * 2
+    counts = frame.groupby(["method", "sparsity"]).size()
+    assert set(counts.index) == {(m, s) for m in METHODS for s in (2, 5)}
+    assert (counts == 2).all()
+    config = json.loads((out / "config.json").read_text())
+    assert config["sparsity"] == [2, 5] and config["n_params"] == 15
+    assert config["gmp_plan"] == {"t0": 5, "dt": 1, "n": 15}
+    page = (out / "compare.html").read_text()
+    assert "data:image/png;base64," in page and "<table>" in page
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+    # The table is printed: a header, dense once, four sparse methods at each s.
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1 + 1 + 4 * 2
+
+    # A second run into the same directory is refused, then moved aside with --overwrite.
+    again = ["compare", "--sparsity", "3", "--seeds", "1", "--out", str(out), *ARGS]
+    assert main(again) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not empty" in err and len(err.splitlines()) == 1
+    assert main([*again, "--overwrite"]) == 0
+    replaced = list(out.glob("replaced-*"))
+    assert len(replaced) == 1
+    assert len(pd.read_parquet(replaced[0] / "results.parquet")) == 20
+    assert len(pd.read_parquet(out / "results.parquet")) == len(METHODS)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sparsity", "0"], "sparsity must be in 1..15"),
+        (["--sparsity", "16"], "sparsity must be in 1..15"),
+        (["--sparsity", "3", "--hidden", "5", "--sparsity", "99"], "1..43"),
+        (["--sparsity", "3", "--methods", "iht,magic"], "unknown method 'magic'"),
+        (["--sparsity", "3", "--data", "mnist"], "mnist"),
+        (["--sparsity", "3", "--steps", "1"], "steps must be >= 2"),
+        (["--sparsity", "3", "--lr", "-1"], "--lr must be a positive"),
+        (["--sparsity", "x"], "not a count"),
+        (["--sparsity", "3", "--threads", "-1"], "--threads must be >= 0"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    out = tmp_path / "never"
+    code = main(["compare", "--out", str(out), *ARGS, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_reads_a_csv_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    iris = data_module.load_builtin("iris")
+    csv = tmp_path / "flowers.csv"
+    frame = pd.DataFrame(iris.X, columns=["a", "b", "c", "d"]).assign(kind=iris.y)
+    frame.to_csv(csv, index=False)
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            "--data",
+            str(csv),
+            "--target",
+            "kind",
+            "--sparsity",
+            "4",
+            "--seeds",
+            "1",
+            "--methods",
+            "dense,iht",
+            "--out",
+            str(out),
+            *ARGS,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert len(pd.read_parquet(out / "results.parquet")) == 2
