@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FORMAT", "SparseLinear", "load_sparse", "save_sparse", "sparsify_linear_layers"]
+__all__ = [
+    "FORMAT",
+    "SparseLinear",
+    "load_sparse",
+    "save_sparse",
+    "sparse_payload",
+    "sparsify_linear_layers",
+]
 
 FORMAT = "iht-sparse-v1"
 
@@ -33,15 +40,22 @@ def _to_sparse(t: Tensor) -> Tensor:
     return _csr(dense) if dense.dim() == 2 else dense.to_sparse_coo().coalesce()
 
 
+def sparse_payload(model: nn.Module) -> dict[str, Any]:
+    """What :func:`save_sparse` writes: every parameter as a sparse tensor, by name."""
+    return {
+        "format": FORMAT,
+        "tensors": {name: _to_sparse(p) for name, p in model.named_parameters()},
+    }
+
+
 def save_sparse(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, int]:
     """Write every parameter of ``model`` as a sparse tensor to ``path`` (``torch.save``).
 
     Returns the number of stored nonzeros per parameter name.
     """
-    tensors = {name: _to_sparse(p) for name, p in model.named_parameters()}
-    payload: dict[str, Any] = {"format": FORMAT, "tensors": tensors}
+    payload = sparse_payload(model)
     torch.save(payload, path)
-    return {name: int(t._nnz()) for name, t in tensors.items()}
+    return {name: int(t._nnz()) for name, t in payload["tensors"].items()}
 
 
 @torch.no_grad()

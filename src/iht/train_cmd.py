@@ -8,6 +8,7 @@ and the work is done by :mod:`iht.data`, :mod:`iht.models`, :mod:`iht.training`
     config.json        the resolved settings (written before training starts)
     history.parquet    one row per step (also written when training stops on an error)
     model.pt, mask.pt  the state_dict and a bool mask (param != 0) per parameter
+    model_sparse.pt    the parameters as torch sparse CSR/COO tensors (iht.export.load_sparse)
     certificate.json   HT-stability under the budget (and epsilon with --dense-reference)
     metrics.json       final train/test loss and accuracy, nonzeros, wall times
     report.html        self-contained report (figures inline as base64 PNGs)
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 
 from .data import Dataset, load_dataset, n_test_rows, random_split, standardise
 from .errors import NonFiniteError
+from .export import sparse_payload
 from .lipschitz import DEFAULT_N_SAMPLES, estimate_l2s
 from .models import ACTIVATIONS, build_model, parse_hidden
 from .results import StoreError, _atomic_write_bytes
@@ -74,6 +76,7 @@ OUTPUT_FILES = (
     "history.parquet",
     "model.pt",
     "mask.pt",
+    "model_sparse.pt",
     "certificate.json",
     "metrics.json",
     "report.html",
@@ -528,6 +531,7 @@ def _train(
     _write_torch(
         directory / "mask.pt", {name: (p.detach() != 0) for name, p in model.named_parameters()}
     )
+    _write_torch(directory / "model_sparse.pt", sparse_payload(model))
     _write_json(directory / "certificate.json", certificate)
     metrics["time_s"]["total"] = time.perf_counter() - started
     _write_json(directory / "metrics.json", metrics)
