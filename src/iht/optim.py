@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .errors import NonFiniteError
-from .threshold import _mask_unchecked, check_sparsity, flatten, hard_threshold, unflatten_
+from .threshold import _mask_unchecked, check_sparsity, flatten, hard_threshold
 
 __all__ = ["IHT", "iht_update"]
 
@@ -161,38 +161,67 @@ class IHT(Optimizer):
         if self.param_groups:
             pools.append((self.param_groups[0]["global_sparsity"], shared))
 
-        # Compute every update before writing any, so a non-finite one loses nothing.
-        updates = []
+        # Check every gradient and update before writing anything, so nothing is lost. The
+        # bound |theta - lr g| <= max|theta| + lr max|g| avoids a copy unless it is near overflow.
+        for _, members in pools:
+            for p, lr in members:
+                grad = cast(Tensor, p.grad)
+                g_max = float(torch.linalg.vector_norm(grad, ord=math.inf))
+                if not math.isfinite(g_max):
+                    raise NonFiniteError(
+                        f"non-finite gradient in a parameter of shape {tuple(p.shape)}; "
+                        "parameters left unchanged"
+                    )
+                bound = float(torch.linalg.vector_norm(p.detach(), ord=math.inf)) + lr * g_max
+                if bound > torch.finfo(p.dtype).max and not bool(
+                    torch.isfinite(p - lr * grad).all()
+                ):
+                    raise NonFiniteError(
+                        f"the update overflows (lr = {lr}, max |grad| = {g_max:.3g}); "
+                        "parameters left unchanged"
+                    )
+        # In place, as torch.optim.SGD: no flat copy of the parameters except to select.
         for budget, members in pools:
             if not members:
                 continue
             params = [p for p, _ in members]
-            candidate = flatten([p - lr * cast(Tensor, p.grad) for p, lr in members])
-            if not torch.isfinite(candidate).all():
-                raise NonFiniteError(
-                    "non-finite gradient or update "
-                    f"(max |grad| = {max(float(cast(Tensor, p.grad).abs().max()) for p in params)});"
-                    " parameters left unchanged"
-                )
-            updates.append((budget, params, candidate))
-        for budget, params, candidate in updates:
+            for p, lr in members:
+                p.add_(cast(Tensor, p.grad), alpha=-lr)
             if budget is not None:
-                candidate = candidate * self._support(params, candidate, budget)
-            unflatten_(candidate, params)
+                mask = self._dropped(params, budget)
+                offset = 0
+                for p in params:
+                    n = p.numel()
+                    p.masked_fill_(mask[offset : offset + n].view_as(p), 0.0)
+                    offset += n
         return loss
 
-    def _support(self, params: list[Tensor], candidate: Tensor, budget: int) -> Tensor:
-        """The mask to apply: H_s's choice on re-selection steps, else the stored one."""
+    def _dropped(self, params: list[Tensor], budget: int) -> Tensor:
+        """The complement of :meth:`_support`, computed once per selection (no copy per step)."""
+        kept = self._support(params, budget)
+        cache: dict[int, tuple[Tensor, Tensor]] = self.__dict__.setdefault("_dropped_cache", {})
+        cached = cache.get(id(params[0]))
+        if cached is None or cached[0] is not kept:
+            cached = cache[id(params[0])] = (kept, ~kept)
+        return cached[1]
+
+    def _support(self, params: list[Tensor], budget: int) -> Tensor:
+        """The mask to apply: H_s's choice on re-selection steps, else the stored one.
+
+        ``params`` already hold the gradient step theta - lr * grad.
+        """
+        size = sum(p.numel() for p in params)
         state = self.state[params[0]]
         count = int(state.get("step", 0))
         # Read from the param groups, not self.defaults: load_state_dict restores the groups
         # (as it restores lr), while defaults keep the value this instance was built with.
         every = int(self.param_groups[0]["threshold_every"])
         stored = state.get("mask")
-        if count % every == 0 or stored is None or stored.numel() != candidate.numel():
-            stored = _mask_unchecked(candidate, budget)
+        if count % every == 0 or stored is None or stored.numel() != size:
+            stored = _mask_unchecked(flatten(p.detach() for p in params), budget)
         # load_state_dict casts saved state to the parameter's dtype; a mask stays boolean.
-        stored = stored.to(torch.bool)
+        if stored.dtype != torch.bool:
+            stored = stored.to(torch.bool)
         state["step"] = count + 1
         state["mask"] = stored
         return stored
