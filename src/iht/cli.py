@@ -92,6 +92,20 @@ def cli() -> None:
 )
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: compute in this process. ray: one Ray task per chunk "
+    '(needs pip install "iht[ray]"); this process still writes every part.',
+)
+@click.option(
+    "--address",
+    metavar="ADDRESS",
+    help="Ray cluster to use with --backend ray: auto (on a node of a cluster made with "
+    "`ray start --head`) or ray://HOST:10001.  [default: start a local Ray, one CPU per core]",
+)
 def reproduce(
     dataset: str,
     preset: str,
@@ -99,15 +113,19 @@ def reproduce(
     overwrite: bool,
     no_report: bool,
     no_progress: bool,
+    backend: str,
+    address: str | None,
     **overrides: Any,
 ) -> None:
     """Reproduce the paper's IRIS study: dense GD and IHT at every s, then the report.
 
     Results go to a directory of Parquet parts with the resolved config; running the same
-    command again resumes where it stopped.
+    command again resumes where it stopped, with either backend.
     """
+    from .backends import check_backend
     from .runner import run_study
 
+    check_backend(backend, address)  # e.g. Ray not installed: one line, before anything else
     values: dict[str, Any] = dict(PRESETS[preset])
     if overrides.get("levels") is not None:
         overrides["levels"] = parse_levels(overrides["levels"])
@@ -115,7 +133,14 @@ def reproduce(
     config = StudyConfig(**values)
     directory = out or Path("results") / f"{dataset}-{preset}"
     click.echo(f"study: {_describe(config)} -> {directory}", err=True)
-    run_study(config, directory, overwrite=overwrite, progress=not no_progress)
+    run_study(
+        config,
+        directory,
+        overwrite=overwrite,
+        progress=not no_progress,
+        backend=backend,
+        address=address,
+    )
     if not no_report:
         from .report import write_report
 

@@ -8,17 +8,22 @@ Layout::
 
 Resuming means computing only the chunks whose part is missing. A part that cannot be read
 is reported, moved aside to ``DIR/corrupt/`` (kept, not deleted) and computed again.
+
+One writer at a time: :meth:`ResultStore.open` takes an exclusive lock on ``DIR/.lock`` (held
+until :meth:`ResultStore.close` or the process ends, ``kill -9`` included), so the temporary
+files it finds are leftovers of a killed writer and are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -26,7 +31,18 @@ import pyarrow.parquet as pq
 
 from .study import StudyConfig
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, and temporary files are left where they are
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["ResultStore", "StoreError"]
+
+_LOCK = ".lock"
+#: This store's own temporary files in DIR (config, write probe) and in DIR/parts. (Not
+#: the report's: ``iht report`` may be writing beside us, without the lock.)
+_TEMP_GLOBS = (".config.json-*.tmp", ".probe-*")
+_PART_TEMP_GLOB = ".*.tmp"
 
 
 class StoreError(ValueError):
@@ -40,6 +56,7 @@ class ResultStore:
         self.directory = Path(directory)
         self.parts = self.directory / "parts"
         self.config_path = self.directory / "config.json"
+        self._lock: IO[bytes] | None = None
 
     # -- opening ----------------------------------------------------------------------
     def open(self, config: StudyConfig, *, overwrite: bool = False) -> list[str]:
@@ -59,7 +76,7 @@ class ResultStore:
                         "to replace it"
                     )
                 self._clear()
-        elif self.directory.exists() and any(self.directory.iterdir()) and not overwrite:
+        elif self._holds_other_files() and not overwrite:
             raise StoreError(
                 f"{self.directory} is not empty and holds no config.json; choose an empty or new directory"
             )
@@ -68,10 +85,57 @@ class ResultStore:
             with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".probe-"):
                 pass
         except OSError as exc:
-            raise StoreError(f"cannot write to {self.directory}: {exc.strerror or exc}") from None
+            raise StoreError(f"cannot write to {self.directory}: {self._why(exc)}") from None
+        self._acquire_lock()
+        self._remove_stale_temporaries()
         if not self.config_path.exists():
             _atomic_write_bytes(self.config_path, config.to_json().encode())
         return self.check_parts()
+
+    def _why(self, exc: OSError) -> str:
+        if isinstance(exc, (NotADirectoryError, FileExistsError)):
+            # name the culprit: a file where the path needs a directory
+            for path in (self.parts, self.directory, *self.directory.parents):
+                if path.exists() and not path.is_dir():
+                    return f"{path} is a file, not a directory"
+        return exc.strerror or str(exc)
+
+    def close(self) -> None:
+        """Release the directory's lock (the store can still be read)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _acquire_lock(self) -> None:
+        if fcntl is None or self._lock is not None:
+            return
+        handle = open(self.directory / _LOCK, "ab")  # noqa: SIM115 (held until close())
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise StoreError(
+                f"{self.directory} is in use by another iht process; wait for it to finish"
+            ) from None
+        self._lock = handle
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary files of a writer that was killed (we hold the lock)."""
+        if self._lock is None:
+            return
+        paths = [p for pattern in _TEMP_GLOBS for p in self.directory.glob(pattern)]
+        for path in [*paths, *self.parts.glob(_PART_TEMP_GLOB)]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _holds_other_files(self) -> bool:
+        """Whether the directory holds anything but the lock and temporaries of a killed run."""
+        if not self.directory.is_dir():
+            return False
+        ours = {p.name for pattern in (_LOCK, *_TEMP_GLOBS) for p in self.directory.glob(pattern)}
+        if self.parts.is_dir() and not any(self.parts.iterdir()):
+            ours.add(self.parts.name)  # a run killed before it wrote config.json
+        return any(p.name not in ours for p in self.directory.iterdir())
 
     def _clear(self) -> None:
         """Move an earlier study aside (DIR/replaced-TIMESTAMP/), never delete it silently."""
@@ -102,9 +166,10 @@ class ResultStore:
             except (OSError, pa.ArrowException) as exc:
                 aside = self.directory / "corrupt"
                 aside.mkdir(exist_ok=True)
-                shutil.move(str(path), aside / f"{path.name}.{int(time.time())}")
+                shutil.move(str(path), aside / f"{path.name}.{time.time_ns()}")
                 warnings.append(
-                    f"part {path.name} is damaged ({exc}); moved to {aside}, it will be recomputed"
+                    f"part {path.name} is damaged ({_first_line(exc)}); moved to {aside}, "
+                    "it will be recomputed"
                 )
         return warnings
 
@@ -132,10 +197,24 @@ class ResultStore:
         paths = sorted(self.parts.glob("*.parquet")) if self.parts.exists() else []
         if not paths:
             raise StoreError(f"{self.directory} holds no stored runs")
-        frame = pd.concat([pq.read_table(p).to_pandas() for p in paths], ignore_index=True)
+        frame = pd.concat([self._read_part(p) for p in paths], ignore_index=True)
         if frame["run_id"].duplicated().any():
             raise StoreError(f"{self.directory} holds duplicated runs; the store is inconsistent")
         return frame.sort_values(["kind", "sparsity", "index"], ignore_index=True)
+
+    def _read_part(self, path: Path) -> pd.DataFrame:
+        try:
+            return pq.read_table(path).to_pandas()
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(
+                f"part {path} is damaged ({_first_line(exc)}); run the same `iht reproduce` "
+                "command again to move it aside and recompute it"
+            ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _differences(a: StudyConfig, b: StudyConfig) -> str:
