@@ -163,10 +163,12 @@ def report(directory: Path) -> None:
 def _register_commands() -> None:
     """Commands that live in their own modules (imported here, run lazily by click)."""
     from .compare import compare_command
+    from .oracle import oracle_command
     from .train_cmd import train_command
 
     cli.add_command(train_command)
     cli.add_command(compare_command)
+    cli.add_command(oracle_command)
 
 
 _register_commands()

@@ -5,7 +5,8 @@ trained again, so a report of a 15,000-run study takes seconds and can be redraw
 
 Files written by :func:`write_report` into the study directory ``DIR``::
 
-    DIR/figures/*.png    one PNG per figure
+    DIR/figures/*.png    one PNG per figure (``oracle.png`` too when ``iht oracle`` has
+                         stored DIR/oracle.parquet, see :mod:`iht.oracle`)
     DIR/summary.csv      :func:`summary_table` (one row per level)
     DIR/report.html      one file: inline CSS, the PNGs embedded as base64 data URIs
 
@@ -1254,6 +1255,14 @@ def write_report(directory: str | os.PathLike[str], *, print_summary: bool = Tru
 
     table = summary_table(frame)
     figures = _figures(frame, config)
+    # The exact optimum on a few splits, when `iht oracle` has stored it (DIR/oracle.parquet).
+    oracle_png = store.directory / "figures" / "oracle.png"
+    if (store.directory / "oracle.parquet").exists():
+        from .oracle import oracle_figure
+
+        figures.append(oracle_figure(store.directory, frame, config))
+    else:
+        oracle_png.unlink(missing_ok=True)  # an earlier oracle figure would not match the page
     claims = evaluate_claims(frame, config)
 
     figure_dir = store.directory / "figures"

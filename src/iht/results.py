@@ -141,7 +141,14 @@ class ResultStore:
         """Move an earlier study aside (DIR/replaced-TIMESTAMP/), never delete it silently."""
         backup = self.directory / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
         backup.mkdir()
-        for name in ("config.json", "parts", "report.html", "figures", "summary.csv"):
+        for name in (
+            "config.json",
+            "parts",
+            "report.html",
+            "figures",
+            "summary.csv",
+            "oracle.parquet",
+        ):
             path = self.directory / name
             if path.exists():
                 shutil.move(str(path), backup / name)
