@@ -72,9 +72,7 @@ import html
 import io
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -95,6 +93,7 @@ from .init import reset_parameters_, sparse_init_
 from .lipschitz import DEFAULT_N_SAMPLES, estimate_l2s
 from .models import ACTIVATIONS, build_model, parse_hidden
 from .optim import IHT
+from .results import _atomic_write_bytes as atomic_write
 from .threshold import flatten, threshold_mask
 
 __all__ = [
@@ -991,18 +990,6 @@ def _move_aside(directory: Path) -> Path | None:
     return backup
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def resolved_config(config: CompareConfig, frame: pd.DataFrame) -> dict[str, Any]:
     """``config`` plus what follows from it and the data: P, split sizes, GMP plan, versions."""
     from . import __version__
@@ -1038,10 +1025,10 @@ def write_outputs(
     resolved = resolved_config(config, frame)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    _atomic_write(directory / "results.parquet", buffer.getvalue())
-    _atomic_write(directory / "config.json", (json.dumps(resolved, indent=2) + "\n").encode())
+    atomic_write(directory / "results.parquet", buffer.getvalue())
+    atomic_write(directory / "config.json", (json.dumps(resolved, indent=2) + "\n").encode())
     html_path = directory / "compare.html"
-    _atomic_write(html_path, _html(frame, resolved).encode("utf-8"))
+    atomic_write(html_path, _html(frame, resolved).encode("utf-8"))
     return html_path
 
 

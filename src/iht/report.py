@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .results import ResultStore, StoreError
+from .results import _atomic_write_bytes as atomic_write
 from .study import DENSE, IHT, N_CLASSES, N_FEATURES, SHOWCASE, P, StudyConfig
 
 __all__ = [
@@ -1205,20 +1205,6 @@ def _render_html(
     return "\n".join(parts) + "\n"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename: a reader sees old or new, whole."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # mkstemp creates 0600; a report is meant to be shared like any file the user writes.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(directory: str | os.PathLike[str], *, print_summary: bool = True) -> Path:
     """Draw the figures, the summary table and the HTML report of a stored study.
 
@@ -1272,11 +1258,11 @@ def write_report(directory: str | os.PathLike[str], *, print_summary: bool = Tru
         if fig.png is None:
             path.unlink(missing_ok=True)
         else:
-            _atomic_write(path, fig.png)
-    _atomic_write(store.directory / "summary.csv", table.to_csv().encode())
+            atomic_write(path, fig.png)
+    atomic_write(store.directory / "summary.csv", table.to_csv().encode())
     html_path = store.directory / "report.html"
     page = _render_html(store.directory, frame, config, table, figures, claims)
-    _atomic_write(html_path, page.encode("utf-8"))
+    atomic_write(html_path, page.encode("utf-8"))
     if print_summary:
         print(format_summary(table))
     return html_path
