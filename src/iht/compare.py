@@ -72,7 +72,6 @@ import html
 import io
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -94,6 +93,7 @@ from .lipschitz import DEFAULT_N_SAMPLES, estimate_l2s
 from .models import ACTIVATIONS, build_model, parse_hidden
 from .optim import IHT
 from .results import _atomic_write_bytes as atomic_write
+from .results import move_aside
 from .threshold import flatten, threshold_mask
 
 __all__ = [
@@ -975,21 +975,6 @@ def check_out(directory: Path, *, overwrite: bool) -> None:
         )
 
 
-def _move_aside(directory: Path) -> Path | None:
-    entries = [p for p in directory.iterdir() if not p.name.startswith("replaced-")]
-    if not entries:
-        return None
-    backup = directory / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-    suffix = 1
-    while backup.exists():
-        backup = directory / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
-        suffix += 1
-    backup.mkdir()
-    for path in entries:
-        shutil.move(str(path), backup / path.name)
-    return backup
-
-
 def resolved_config(config: CompareConfig, frame: pd.DataFrame) -> dict[str, Any]:
     """``config`` plus what follows from it and the data: P, split sizes, GMP plan, versions."""
     from . import __version__
@@ -1021,7 +1006,7 @@ def write_outputs(
     """
     check_out(directory, overwrite=overwrite)
     directory.mkdir(parents=True, exist_ok=True)
-    _move_aside(directory)
+    move_aside(directory)
     resolved = resolved_config(config, frame)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)

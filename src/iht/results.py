@@ -139,19 +139,10 @@ class ResultStore:
 
     def _clear(self) -> None:
         """Move an earlier study aside (DIR/replaced-TIMESTAMP/), never delete it silently."""
-        backup = self.directory / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        backup.mkdir()
-        for name in (
-            "config.json",
-            "parts",
-            "report.html",
-            "figures",
-            "summary.csv",
-            "oracle.parquet",
-        ):
-            path = self.directory / name
-            if path.exists():
-                shutil.move(str(path), backup / name)
+        names = ("config.json", "parts", "report.html", "figures", "summary.csv", "oracle.parquet")
+        move_aside(
+            self.directory, [self.directory / n for n in names if (self.directory / n).exists()]
+        )
 
     def read_config(self) -> StudyConfig:
         try:
@@ -185,19 +176,9 @@ class ResultStore:
         target = self.parts / f"{key}.parquet"
         if target.exists():
             raise StoreError(f"part {target} exists already; refusing to overwrite a stored result")
-        table = pa.Table.from_pylist(rows)
-        fd, tmp = tempfile.mkstemp(dir=self.parts, prefix=f".{key}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.parts)
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), sink)
+        _atomic_write_bytes(target, sink.getvalue().to_pybytes())
 
     def load(self) -> pd.DataFrame:
         """Every stored run, one row each, ordered by kind, sparsity and index."""
@@ -217,6 +198,28 @@ class ResultStore:
                 f"part {path} is damaged ({_first_line(exc)}); run the same `iht reproduce` "
                 "command again to move it aside and recompute it"
             ) from None
+
+
+def move_aside(directory: Path, entries: list[Path] | None = None) -> Path | None:
+    """Move ``entries`` (default: everything but earlier backups) to DIR/replaced-TIMESTAMP/.
+
+    Earlier results are never deleted; two moves within one second get distinct folders.
+    Returns the backup folder, or None when there was nothing to move.
+    """
+    if entries is None:
+        entries = [p for p in directory.iterdir() if not p.name.startswith("replaced-")]
+    if not entries:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = directory / f"replaced-{stamp}"
+    counter = 1
+    while backup.exists():
+        counter += 1
+        backup = directory / f"replaced-{stamp}-{counter}"
+    backup.mkdir()
+    for path in entries:
+        shutil.move(str(path), backup / path.name)
+    return backup
 
 
 def _first_line(exc: BaseException) -> str:

@@ -25,7 +25,6 @@ import io
 import json
 import math
 import re
-import shutil
 import sys
 import time
 import warnings
@@ -46,7 +45,7 @@ from .errors import NonFiniteError
 from .export import sparse_payload
 from .lipschitz import DEFAULT_N_SAMPLES, estimate_l2s
 from .models import ACTIVATIONS, build_model, parse_hidden
-from .results import StoreError, _atomic_write_bytes
+from .results import StoreError, _atomic_write_bytes, move_aside
 from .training import (
     Budget,
     History,
@@ -155,23 +154,6 @@ def _check_out(directory: Path, *, overwrite: bool) -> None:
             f"{directory} is not empty (holds {shown}, ...); choose another --out, or add "
             "--overwrite to move its contents aside (nothing is deleted)"
         )
-
-
-def _move_aside(directory: Path) -> Path | None:
-    """Move an earlier run's files to DIR/replaced-TIMESTAMP/ (never delete them)."""
-    entries = [p for p in directory.iterdir() if not p.name.startswith("replaced-")]
-    if not entries:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    backup = directory / f"replaced-{stamp}"
-    counter = 1
-    while backup.exists():
-        counter += 1
-        backup = directory / f"replaced-{stamp}-{counter}"
-    backup.mkdir()
-    for path in entries:
-        shutil.move(str(path), backup / path.name)
-    return backup
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -424,7 +406,7 @@ def _train(
     }
 
     directory.mkdir(parents=True, exist_ok=True)
-    moved = _move_aside(directory) if options.overwrite else None
+    moved = move_aside(directory) if options.overwrite else None
     if moved is not None:
         echo(f"moved the earlier contents of {directory} to {moved}")
     _write_json(directory / "config.json", config)
