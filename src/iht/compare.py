@@ -64,11 +64,9 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
 import dataclasses
-import html
 import io
 import json
 import math
@@ -88,6 +86,7 @@ from torch.nn.utils import prune
 
 from . import data as data_module
 from .errors import NonFiniteError
+from .html_report import PAGE_CSS, TABLE_CSS, escape, figure_png, html_page, html_table, img_tag
 from .init import reset_parameters_, sparse_init_
 from .lipschitz import DEFAULT_N_SAMPLES, estimate_l2s
 from .models import ACTIVATIONS, build_model, parse_hidden
@@ -887,37 +886,17 @@ def _figure_png(frame: pd.DataFrame) -> bytes:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.88em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f2f2f2; } td.text, th.text { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; }
-"""
+_CSS = PAGE_CSS + TABLE_CSS + "img { max-width: 100%; border: 1px solid #eee; }\n"
 
 
 def _html(frame: pd.DataFrame, resolved: dict[str, Any]) -> str:
-    e = html.escape
+    e = escape
     header, rows = _table_rows(summarise(frame))
-    table = (
-        "<table>\n<tr>"
-        + "".join(f"<th{' class=text' if i == 1 else ''}>{e(h)}</th>" for i, h in enumerate(header))
-        + "</tr>\n"
-        + "\n".join(
-            "<tr>"
-            + "".join(f"<td{' class=text' if i == 1 else ''}>{e(c)}</td>" for i, c in enumerate(r))
-            + "</tr>"
-            for r in rows
-        )
-        + "\n</table>"
-    )
-    png = base64.b64encode(_figure_png(frame)).decode("ascii")
+    table = html_table(header, [[e(c) for c in r] for r in rows], text_cols=(1,))
+    img = img_tag(_figure_png(frame), "test accuracy and training loss against s")
     plan = resolved["gmp_plan"]
     model = "linear" if not resolved["hidden"] else "MLP " + "-".join(map(str, resolved["hidden"]))
     lr_rule = (
@@ -927,11 +906,10 @@ def _html(frame: pd.DataFrame, resolved: dict[str, Any]) -> str:
         "lr = 1/L_hat_2s at each s for IHT (Monte Carlo, "
         f"{resolved['n_monte']} draws)"
     )
-    return "\n".join(
+    return html_page(
+        "iht compare",
+        _CSS,
         [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8"><title>iht compare</title>',
-            f"<style>{_CSS}</style></head><body>",
             f"<h1>Sparse training methods compared on {e(str(resolved['dataset']))}</h1>",
             f"<p>{e(model)} model, P = {resolved['n_params']} parameters (biases counted); "
             f"{resolved['n_train']} training / {resolved['n_test']} test rows per seed; "
@@ -952,9 +930,8 @@ def _html(frame: pd.DataFrame, resolved: dict[str, Any]) -> str:
             "<p>Median [min, max] over seeds. Dense does not depend on s (one run per seed). "
             "time = training + step-size estimate, seconds per run (median).</p>",
             table,
-            f'<p><img alt="test accuracy and training loss against s" src="data:image/png;base64,{png}"></p>',
-            "</body></html>",
-        ]
+            f"<p>{img}</p>",
+        ],
     )
 
 

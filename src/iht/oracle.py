@@ -85,9 +85,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,7 +100,8 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from .results import StoreError
+from .html_report import PageFigure, figure_png
+from .results import StoreError, _atomic_write_bytes
 
 __all__ = [
     "ATTAINED",
@@ -1262,18 +1261,10 @@ def _mismatch(stored: pd.DataFrame, split_of: dict[int, Any], gtol: float, tie_t
 
 
 def _atomic_write_parquet(path: Path, table: pd.DataFrame) -> None:
-    """Write to a temporary file beside ``path``, flush, rename: whole or absent."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(pa.Table.from_pandas(table, preserve_index=False), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``table`` as Parquet with the store's atomic writer: whole or absent."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), sink)
+    _atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -1346,32 +1337,24 @@ def format_comparison(comp: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------------------
 # The report's figure
 # ----------------------------------------------------------------------------------------
-def oracle_figure(directory: str | Path, frame: pd.DataFrame, config: Any) -> Any:
+def oracle_figure(directory: str | Path, frame: pd.DataFrame, config: Any) -> PageFigure:
     """The report figure ``oracle``: the optimum against IHT on the same splits.
 
     Left: per s, the optimum of each split (filled: attained; open: an infimum that no
     network attains; at the floor: infimum 0, separable) over the box of the stored IHT
     runs' training loss on those splits (log scale). Right: the share of those IHT runs
-    whose final support is an optimal support. Returns a :class:`iht.report._Figure`.
+    whose final support is an optimal support. Returns a :class:`iht.html_report.PageFigure`.
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    from .report import (
-        _IHT_EDGE,
-        _IHT_FACE,
-        _Figure,
-        _log_y,
-        _new_figure,
-        _png,
-        _s_axis,
-    )
+    from .report import _IHT_EDGE, _IHT_FACE, _log_y, _new_figure, _s_axis
 
     title = "The exact optimum vs IHT on the same splits"
     try:
         table = _read_oracle(Path(directory) / ORACLE_FILE)
     except StoreError as exc:
-        return _Figure("oracle", title, None, f"{exc}. The figure is skipped.")
+        return PageFigure("oracle", title, None, f"{exc}. The figure is skipped.")
     study_seeds = dict(
         zip(frame["index"].astype(int), frame["data_seed"].astype(int), strict=False)
     )
@@ -1381,7 +1364,7 @@ def oracle_figure(directory: str | Path, frame: pd.DataFrame, config: Any) -> An
         if study_seeds.get(int(i), int(seed)) != int(seed)
     ]
     if stale:
-        return _Figure(
+        return PageFigure(
             "oracle",
             title,
             None,
@@ -1493,7 +1476,7 @@ def oracle_figure(directory: str | Path, frame: pd.DataFrame, config: Any) -> An
     _s_axis(right, levels, dense=False)
 
     caption = _oracle_caption(comp, config, n_splits)
-    return _Figure("oracle", title, _png(fig), caption)
+    return PageFigure("oracle", title, figure_png(fig), caption)
 
 
 def _refresh_iht(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:

@@ -23,9 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 import os
@@ -42,6 +39,17 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from .html_report import (
+    PAGE_CSS,
+    TABLE_CSS,
+    PageFigure,
+    escape,
+    figure_html,
+    figure_png,
+    html_page,
+    html_table,
+    write_figures,
+)
 from .results import ResultStore, StoreError
 from .results import _atomic_write_bytes as atomic_write
 from .study import DENSE, IHT, N_CLASSES, N_FEATURES, SHOWCASE, P, StudyConfig
@@ -87,7 +95,6 @@ FIGURE_NAMES: tuple[str, ...] = (
 
 Verdict = Literal["agree", "partly", "disagree", "n/a"]
 
-_DPI = 110
 _IHT_FACE, _IHT_EDGE = "#c6dbef", "#2171b5"
 _DENSE_FACE, _DENSE_EDGE = "#fdd0a2", "#d94801"
 _S_LABEL = "sparsity level s (nonzero parameters, biases included)"
@@ -498,21 +505,6 @@ def evaluate_claims(frame: pd.DataFrame, config: StudyConfig) -> list[Claim]:
 # ----------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Figure:
-    name: str
-    title: str
-    png: bytes | None  # None: skipped, ``caption`` says why
-    caption: str
-
-
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    # No "Software"/date metadata: the same store gives byte-identical figures.
-    fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
-    return buffer.getvalue()
-
-
 def _new_figure(
     ncols: int = 1, *, width: float = 8.0, height: float = 4.6
 ) -> tuple[Figure, list[Axes]]:
@@ -629,7 +621,7 @@ def _levels_text(runs: pd.DataFrame, column: str, spec: str = ".4g") -> str:
     return ", ".join(parts) if parts else "no runs"
 
 
-def _fig_learning_rate(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
+def _fig_learning_rate(runs: pd.DataFrame, config: StudyConfig) -> PageFigure:
     fig, (ax,) = _new_figure()
     handles = _boxes(ax, runs, "lr")
     ax.set_ylabel("learning rate γ = 1 / L̂₂ₛ")
@@ -649,7 +641,7 @@ def _fig_learning_rate(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
         f"{_levels_text(runs, 'lr', '.3f')}. Spearman rank correlation of s with the median: "
         f"{_fmt(rho, '+.2f')}."
     )
-    return _Figure("learning_rate", "Learning rate vs s", _png(fig), caption)
+    return PageFigure("learning_rate", "Learning rate vs s", figure_png(fig), caption)
 
 
 def _positive(v: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -664,7 +656,7 @@ def _log_y(ax: Axes) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _fig_loss(runs: pd.DataFrame, config: StudyConfig, column: str) -> _Figure:
+def _fig_loss(runs: pd.DataFrame, config: StudyConfig, column: str) -> PageFigure:
     train = column == "train_loss"
     fig, (ax,) = _new_figure()
     handles = _boxes(ax, runs, column, transform=_positive)
@@ -698,10 +690,10 @@ def _fig_loss(runs: pd.DataFrame, config: StudyConfig, column: str) -> _Figure:
             f"Cross-entropy on each run's {150 - config.n_train} held-out test points at the end "
             f"of training (log scale). Median: {_levels_text(runs, column)}."
         )
-    return _Figure(column, f"{which.capitalize()} loss vs s", _png(fig), caption)
+    return PageFigure(column, f"{which.capitalize()} loss vs s", figure_png(fig), caption)
 
 
-def _fig_accuracy(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
+def _fig_accuracy(runs: pd.DataFrame, config: StudyConfig) -> PageFigure:
     fig, axes = _new_figure(2, width=13.0)
     for ax, column, which in zip(
         axes, ("train_acc", "test_acc"), ("training", "test"), strict=True
@@ -722,7 +714,7 @@ def _fig_accuracy(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
     )
     if len(iqr):
         caption += f" Test-accuracy IQR by level: {_by_level(iqr, '.3f')}."
-    return _Figure("accuracy", "Training and test accuracy vs s", _png(fig), caption)
+    return PageFigure("accuracy", "Training and test accuracy vs s", figure_png(fig), caption)
 
 
 def _as_grid(flat: Sequence[float]) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -775,11 +767,11 @@ def _heatmap(
     ax.set_title(title, fontsize=10)
 
 
-def _fig_showcase(frame: pd.DataFrame, config: StudyConfig) -> _Figure:
+def _fig_showcase(frame: pd.DataFrame, config: StudyConfig) -> PageFigure:
     title = "The showcase run: parameters before and after training"
     rows = frame[frame["kind"] == SHOWCASE]
     if rows.empty:
-        return _Figure(
+        return PageFigure(
             "showcase",
             title,
             None,
@@ -837,7 +829,7 @@ def _fig_showcase(frame: pd.DataFrame, config: StudyConfig) -> _Figure:
         f"{float(run['off_support_ratio']):.3g}; "
         f"HT-stable: {'yes' if bool(run['stable']) else 'no'}."
     )
-    return _Figure("showcase", title, _png(fig), caption)
+    return PageFigure("showcase", title, figure_png(fig), caption)
 
 
 def _fraction_bars(
@@ -882,7 +874,7 @@ def _fraction_bars(
     return fractions
 
 
-def _fig_stability(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
+def _fig_stability(runs: pd.DataFrame, config: StudyConfig) -> PageFigure:
     fig, (left, right) = _new_figure(2, width=13.0)
     iht = runs[runs["kind"] == IHT]
     _fraction_bars(
@@ -924,10 +916,10 @@ def _fig_stability(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
     )
     if dropped:
         caption += f" {dropped} IHT run(s) with a ratio of 0 or infinity are not drawn."
-    return _Figure("stability", "HT-stability vs s", _png(fig), caption)
+    return PageFigure("stability", "HT-stability vs s", figure_png(fig), caption)
 
 
-def _fig_epsilon(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
+def _fig_epsilon(runs: pd.DataFrame, config: StudyConfig) -> PageFigure:
     fig, (ax,) = _new_figure()
     handles = _boxes(ax, runs, "epsilon")
     linthresh = 1e-3
@@ -947,10 +939,10 @@ def _fig_epsilon(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
     )
     if missing:
         caption += f" {missing} IHT run(s) have no stored dense run on their split (not drawn)."
-    return _Figure("epsilon", "ε-optimality vs s", _png(fig), caption)
+    return PageFigure("epsilon", "ε-optimality vs s", figure_png(fig), caption)
 
 
-def _fig_steps(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
+def _fig_steps(runs: pd.DataFrame, config: StudyConfig) -> PageFigure:
     fig, (left, right) = _new_figure(2, width=13.0)
     handles = _boxes(left, runs, "steps")
     handles.append(
@@ -983,10 +975,10 @@ def _fig_steps(runs: pd.DataFrame, config: StudyConfig) -> _Figure:
         if len(dense):
             caption += f", dense: {float(dense['reached_tol'].mean()):.0%}"
         caption += "."
-    return _Figure("steps", "Steps and stopping vs s", _png(fig), caption)
+    return PageFigure("steps", "Steps and stopping vs s", figure_png(fig), caption)
 
 
-def _figures(frame: pd.DataFrame, config: StudyConfig) -> list[_Figure]:
+def _figures(frame: pd.DataFrame, config: StudyConfig) -> list[PageFigure]:
     runs = _study_runs(frame)
     return [
         _fig_learning_rate(runs, config),
@@ -1003,15 +995,13 @@ def _figures(frame: pd.DataFrame, config: StudyConfig) -> list[_Figure]:
 # ----------------------------------------------------------------------------------------
 # HTML
 # ----------------------------------------------------------------------------------------
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2em; }
+_CSS = (
+    PAGE_CSS
+    + """h1 { margin-bottom: 0.2em; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.88em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f2f2f2; } td.text, th.text { text-align: left; }
-figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+"""
+    + TABLE_CSS
+    + """figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.92em; color: #333; max-width: 1100px; }
 .note { background: #fff7e0; border-left: 4px solid #e6a100; padding: 0.5em 0.8em; }
 .verdict { font-weight: bold; padding: 0.1em 0.5em; border-radius: 3px; }
@@ -1019,24 +1009,7 @@ figcaption { font-size: 0.92em; color: #333; max-width: 1100px; }
 .disagree { background: #f8d7da; color: #842029; } .na { background: #e9ecef; color: #495057; }
 code { font-size: 0.95em; }
 """
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def _html_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], text_cols: Sequence[int] = ()
-) -> str:
-    def cell(tag: str, i: int, value: str) -> str:
-        cls = ' class="text"' if i in text_cols else ""
-        return f"<{tag}{cls}>{value}</{tag}>"
-
-    head = "".join(cell("th", i, _e(h)) for i, h in enumerate(header))
-    body = "\n".join(
-        "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows
-    )
-    return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
+)
 
 
 def _completeness(runs: pd.DataFrame, config: StudyConfig) -> list[str]:
@@ -1065,7 +1038,7 @@ def _render_html(
     frame: pd.DataFrame,
     config: StudyConfig,
     table: pd.DataFrame,
-    figures: Sequence[_Figure],
+    figures: Sequence[PageFigure],
     claims: Sequence[Claim],
 ) -> str:
     runs = _study_runs(frame)
@@ -1074,29 +1047,27 @@ def _render_html(
     levels = _iht_levels(runs)
     n_dense = int((runs["kind"] == DENSE).sum())
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        "<title>IHT study report</title>",
-        f"<style>{_CSS}</style></head><body>",
         "<h1>Learning a sparse neural network using IHT: study report</h1>",
-        f"<p>Results directory <code>{_e(directory)}</code>: {n_dense} dense (GD) runs and "
+        f"<p>Results directory <code>{escape(directory)}</code>: {n_dense} dense (GD) runs and "
         f"{int((runs['kind'] == IHT).sum())} IHT runs at {len(levels)} sparsity level(s) "
-        f"({_e(', '.join(map(str, levels)) or 'none')}), a single linear layer "
+        f"({escape(', '.join(map(str, levels)) or 'none')}), a single linear layer "
         f"{N_FEATURES} → {N_CLASSES} (P = {P} parameters, biases included) on IRIS. Every "
         "number and figure below is read from the stored runs; nothing is retrained.</p>",
     ]
     if notes:
         parts.append(
-            '<div class="note"><ul>' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></div>"
+            '<div class="note"><ul>'
+            + "".join(f"<li>{escape(n)}</li>" for n in notes)
+            + "</ul></div>"
         )
 
     parts.append("<h2>Configuration</h2>")
     config_items = json.loads(config.to_json())
     parts.append(
-        _html_table(
+        html_table(
             ["setting", "value"],
             [
-                [_e(k), _e(v if not isinstance(v, list) else ", ".join(map(str, v)))]
+                [escape(k), escape(v if not isinstance(v, list) else ", ".join(map(str, v)))]
                 for k, v in sorted(config_items.items())
             ],
             text_cols=(0, 1),
@@ -1119,12 +1090,12 @@ def _render_html(
                 f"{int(rec['possible_supports']):,}",
                 str(rec["runs"]) if stored else "–",
                 str(rec["distinct_final_supports"]) if stored else "–",
-                _e(rec["most_frequent_support"]) if stored else "–",
+                escape(rec["most_frequent_support"]) if stored else "–",
                 _fmt(float(rec["most_frequent_share"]), ".0%") if stored else "–",
             ]
         )
     parts.append(
-        _html_table(
+        html_table(
             [
                 "s",
                 f"C({P}, s)",
@@ -1145,15 +1116,11 @@ def _render_html(
         "reference and the dashed line its median.</p>"
     )
     for fig in figures:
-        parts.append(f'<h3 id="{fig.name}">{_e(fig.title)}</h3>')
+        parts.append(f'<h3 id="{fig.name}">{escape(fig.title)}</h3>')
         if fig.png is None:
-            parts.append(f'<p class="note">{_e(fig.caption)}</p>')
+            parts.append(f'<p class="note">{escape(fig.caption)}</p>')
             continue
-        data = base64.b64encode(fig.png).decode("ascii")
-        parts.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(fig.title)}">'
-            f"<figcaption>{_e(fig.caption)}</figcaption></figure>"
-        )
+        parts.append(figure_html(fig.png, fig.title, fig.caption))
 
     parts.append("<h2>Paper claims</h2>")
     parts.append(
@@ -1165,14 +1132,14 @@ def _render_html(
         css = "na" if c.verdict == "n/a" else c.verdict
         claim_rows.append(
             [
-                _e(c.claim),
-                _e(c.evidence),
-                _e(c.rule),
-                f'<span class="verdict {css}">{_e(c.verdict)}</span>',
+                escape(c.claim),
+                escape(c.evidence),
+                escape(c.rule),
+                f'<span class="verdict {css}">{escape(c.verdict)}</span>',
             ]
         )
     parts.append(
-        _html_table(["claim", "evidence", "rule", "verdict"], claim_rows, text_cols=(0, 1, 2))
+        html_table(["claim", "evidence", "rule", "verdict"], claim_rows, text_cols=(0, 1, 2))
     )
 
     parts.append("<h2>Summary table</h2>")
@@ -1191,18 +1158,17 @@ def _render_html(
     ]
     rows = []
     for level in table.index:
-        row = [_e(level), str(int(_cell(table, level, "runs")))]
-        row += [_e(_spread(table, level, m, spec)) for m, spec in summary_cols]
+        row = [escape(level), str(int(_cell(table, level, "runs")))]
+        row += [escape(_spread(table, level, m, spec)) for m, spec in summary_cols]
         row += [_fmt(_cell(table, level, f), ".2f") for f in FRACTIONS]
         rows.append(row)
     parts.append(
-        _html_table(
+        html_table(
             ["level", "runs", *(m for m, _ in summary_cols), "reached tol", "stable", "tie"],
             rows,
         )
     )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return html_page("IHT study report", _CSS, parts)
 
 
 def write_report(directory: str | os.PathLike[str], *, print_summary: bool = True) -> Path:
@@ -1251,14 +1217,7 @@ def write_report(directory: str | os.PathLike[str], *, print_summary: bool = Tru
         oracle_png.unlink(missing_ok=True)  # an earlier oracle figure would not match the page
     claims = evaluate_claims(frame, config)
 
-    figure_dir = store.directory / "figures"
-    figure_dir.mkdir(exist_ok=True)
-    for fig in figures:
-        path = figure_dir / f"{fig.name}.png"
-        if fig.png is None:
-            path.unlink(missing_ok=True)
-        else:
-            atomic_write(path, fig.png)
+    write_figures(store.directory / "figures", figures)
     atomic_write(store.directory / "summary.csv", table.to_csv().encode())
     html_path = store.directory / "report.html"
     page = _render_html(store.directory, frame, config, table, figures, claims)

@@ -19,8 +19,6 @@ and the work is done by :mod:`iht.data`, :mod:`iht.models`, :mod:`iht.training`
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 import math
@@ -43,6 +41,7 @@ from torch import Tensor, nn
 from .data import Dataset, load_dataset, n_test_rows, random_split, standardise
 from .errors import NonFiniteError
 from .export import sparse_payload
+from .html_report import PageFigure, escape, figure_html, figure_png, html_page, write_figures
 from .lipschitz import DEFAULT_N_SAMPLES, estimate_l2s
 from .models import ACTIVATIONS, build_model, parse_hidden
 from .results import StoreError, _atomic_write_bytes, move_aside
@@ -82,7 +81,6 @@ OUTPUT_FILES = (
 )
 REPORT_FIGURES = ("loss", "accuracy", "support", "layers")
 _SEED_NAMES = ("data", "init", "support", "monte_carlo", "shuffle")
-_DPI = 110
 
 
 @dataclass(frozen=True)
@@ -682,12 +680,6 @@ def _summary(
 # ----------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
-    return buffer.getvalue()
-
-
 def _figure() -> tuple[Figure, Any]:
     fig = Figure(figsize=(7.5, 4.0), layout="constrained")
     return fig, fig.subplots()
@@ -733,7 +725,7 @@ def _fig_loss(history: pd.DataFrame, metrics: dict[str, Any]) -> tuple[bytes, st
         f"Loss at theta_k. Final: training {metrics['train_loss']:.4g}, test "
         f"{metrics['test_loss']:.4g}."
     )
-    return _png(fig), caption
+    return figure_png(fig), caption
 
 
 def _fig_accuracy(history: pd.DataFrame, metrics: dict[str, Any]) -> tuple[bytes, str]:
@@ -751,7 +743,7 @@ def _fig_accuracy(history: pd.DataFrame, metrics: dict[str, Any]) -> tuple[bytes
         f"Accuracy at theta_k. Final: training {metrics['train_accuracy']:.3f}, test "
         f"{metrics['test_accuracy']:.3f}."
     )
-    return _png(fig), caption
+    return figure_png(fig), caption
 
 
 def _fig_support(history: pd.DataFrame) -> tuple[bytes, str]:
@@ -789,7 +781,7 @@ def _fig_support(history: pd.DataFrame) -> tuple[bytes, str]:
         )
     else:
         caption = "The support never changed: the initial support was kept."
-    return _png(fig), caption
+    return figure_png(fig), caption
 
 
 def _fig_layers(metrics: dict[str, Any]) -> tuple[bytes, str]:
@@ -843,7 +835,7 @@ def _fig_layers(metrics: dict[str, Any]) -> tuple[bytes, str]:
         f"Final nonzeros per layer: {metrics['nonzeros']} of {metrics['n_params']} parameters "
         f"in all, {metrics['budgeted_nonzeros']} of them under the budget s = {metrics['sparsity']}."
     )
-    return _png(fig), caption
+    return figure_png(fig), caption
 
 
 def write_train_report(directory: str | Path) -> Path:
@@ -868,16 +860,13 @@ def write_train_report(directory: str | Path) -> Path:
     with warnings.catch_warnings():
         # Overflow in a log axis transform when a diverging run stored losses near 1e300.
         warnings.simplefilter("ignore", RuntimeWarning)
-        figures = {
-            "loss": ("Loss", *_fig_loss(history, metrics)),
-            "accuracy": ("Accuracy", *_fig_accuracy(history, metrics)),
-            "support": ("Support changes", *_fig_support(history)),
-            "layers": ("Nonzeros per layer", *_fig_layers(metrics)),
-        }
-    figure_dir = directory / "figures"
-    figure_dir.mkdir(exist_ok=True)
-    for name, (_, png, _) in figures.items():
-        _atomic_write_bytes(figure_dir / f"{name}.png", png)
+        figures = [
+            PageFigure("loss", "Loss", *_fig_loss(history, metrics)),
+            PageFigure("accuracy", "Accuracy", *_fig_accuracy(history, metrics)),
+            PageFigure("support", "Support changes", *_fig_support(history)),
+            PageFigure("layers", "Nonzeros per layer", *_fig_layers(metrics)),
+        ]
+    write_figures(directory / "figures", figures)
     page = _render(config, metrics, certificate, figures)
     path = directory / "report.html"
     _atomic_write_bytes(path, page.encode("utf-8"))
@@ -885,9 +874,7 @@ def write_train_report(directory: str | Path) -> Path:
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
-    cells = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows
-    )
+    cells = "".join(f"<tr><th>{escape(k)}</th><td>{escape(_fmt(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
 
 
@@ -903,7 +890,7 @@ def _render(
     config: dict[str, Any],
     metrics: dict[str, Any],
     certificate: dict[str, Any],
-    figures: dict[str, tuple[str, bytes, str]],
+    figures: list[PageFigure],
 ) -> str:
     data, model, budget = config["data"], config["model"], config["budget"]
     lr, training = config["lr"], config["training"]
@@ -991,29 +978,29 @@ def _render(
             "epsilon",
         )
     ]
-    blocks = []
-    for name, (title, png, caption) in figures.items():
-        encoded = base64.b64encode(png).decode("ascii")
-        blocks.append(
-            f'<figure id="{name}"><h3>{html.escape(title)}</h3>'
-            f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(title)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+    blocks = [
+        figure_html(fig.png, fig.title, fig.caption, element_id=fig.name, heading=True)
+        for fig in figures
+        if fig.png is not None
+    ]
     style = (
         "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;"
         "color:#222}table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{padding:0.2em 0.8em;"
         "border-bottom:1px solid #ddd;text-align:left}th{font-weight:600}img{max-width:100%}"
         "figure{margin:1.5em 0}figcaption{color:#555;font-size:0.9em}"
     )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>iht train: {html.escape(data['name'])}</title><style>{style}</style></head><body>"
-        f"<h1>iht train: {html.escape(data['name'])}, s = {budget['sparsity']}</h1>"
-        f"<h2>Settings</h2>{_table(settings)}"
-        f"<h2>Results</h2>{_table(results)}"
-        "<h2>Certificate (HT-stability at the final point)</h2>"
-        f"{_table(cert_rows)}"
-        f"<h2>Figures</h2>{''.join(blocks)}</body></html>\n"
+    return html_page(
+        f"iht train: {data['name']}",
+        style,
+        [
+            f"<h1>iht train: {escape(data['name'])}, s = {budget['sparsity']}</h1>",
+            f"<h2>Settings</h2>{_table(settings)}",
+            f"<h2>Results</h2>{_table(results)}",
+            "<h2>Certificate (HT-stability at the final point)</h2>",
+            _table(cert_rows),
+            "<h2>Figures</h2>",
+            *blocks,
+        ],
     )
 
 
