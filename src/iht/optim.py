@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import compiled_step
 from .errors import NonFiniteError
 from .threshold import _mask_unchecked, check_sparsity, flatten, hard_threshold
 
@@ -24,6 +25,10 @@ __all__ = ["IHT", "iht_update"]
 
 _GLOBAL = "global"
 _OWN = "own"
+_KERNELS = ("auto", "compiled", "torch")
+
+#: With ``kernel="auto"``, pools of at least this many entries take the compiled step.
+COMPILED_MIN_SIZE = 1 << 16
 
 
 def iht_update(theta: Tensor, grad: Tensor, *, lr: float | Tensor, sparsity: int | None) -> Tensor:
@@ -83,6 +88,12 @@ class IHT(Optimizer):
         lr: the step size gamma > 0, e.g. ``estimate_l2s(...).lr``.
         sparsity: the global budget s (a count, 0 <= s <= P of the pool) or None (dense).
         threshold_every: re-select the support every k steps (k >= 1).
+        kernel: ``"auto"`` (default) takes the compiled two-pass step of
+            :mod:`iht.compiled_step` for CPU pools of float32/float64 tensors with at least
+            ``COMPILED_MIN_SIZE`` entries, and the torch step otherwise; ``"compiled"`` takes it
+            whenever it applies, whatever the size; ``"torch"`` always takes the torch step
+            (the reference). Both give the same result; the compiled one avoids a flat copy and
+            a top-k, which matters from about a million parameters.
 
     Raises:
         TypeError, ValueError: bad lr, sparsity or threshold_every; parameters on several
@@ -102,15 +113,23 @@ class IHT(Optimizer):
         lr: float,
         sparsity: int | None = None,
         threshold_every: int = 1,
+        kernel: str = "auto",
     ) -> None:
         lr = _check_lr(lr)
+        if kernel not in _KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(_KERNELS)}, got {kernel!r}")
         if (
             isinstance(threshold_every, bool)
             or not isinstance(threshold_every, int)
             or threshold_every < 1
         ):
             raise ValueError(f"threshold_every must be an integer >= 1, got {threshold_every!r}")
-        defaults = {"lr": lr, "global_sparsity": sparsity, "threshold_every": threshold_every}
+        defaults = {
+            "lr": lr,
+            "global_sparsity": sparsity,
+            "threshold_every": threshold_every,
+            "kernel": kernel,
+        }
         super().__init__(params, defaults)
         if sparsity is not None:
             check_sparsity(sparsity, self._pool_size(), name="sparsity")
@@ -161,40 +180,116 @@ class IHT(Optimizer):
         if self.param_groups:
             pools.append((self.param_groups[0]["global_sparsity"], shared))
 
-        # Check every gradient and update before writing anything, so nothing is lost. The
-        # bound |theta - lr g| <= max|theta| + lr max|g| avoids a copy unless it is near overflow.
-        for _, members in pools:
-            for p, lr in members:
-                grad = cast(Tensor, p.grad)
-                g_max = float(torch.linalg.vector_norm(grad, ord=math.inf))
-                if not math.isfinite(g_max):
-                    raise NonFiniteError(
-                        f"non-finite gradient in a parameter of shape {tuple(p.shape)}; "
-                        "parameters left unchanged"
-                    )
-                bound = float(torch.linalg.vector_norm(p.detach(), ord=math.inf)) + lr * g_max
-                if bound > torch.finfo(p.dtype).max and not bool(
-                    torch.isfinite(p - lr * grad).all()
-                ):
-                    raise NonFiniteError(
-                        f"the update overflows (lr = {lr}, max |grad| = {g_max:.3g}); "
-                        "parameters left unchanged"
-                    )
-        # In place, as torch.optim.SGD: no flat copy of the parameters except to select.
-        for budget, members in pools:
-            if not members:
-                continue
-            params = [p for p, _ in members]
-            for p, lr in members:
-                p.add_(cast(Tensor, p.grad), alpha=-lr)
-            if budget is not None:
-                mask = self._dropped(params, budget)
-                offset = 0
-                for p in params:
-                    n = p.numel()
-                    p.masked_fill_(mask[offset : offset + n].view_as(p), 0.0)
-                    offset += n
+        # Read everything before writing anything: a non-finite update in any pool leaves
+        # every parameter unchanged.
+        actions = [self._plan(budget, members) for budget, members in pools if members]
+        for action in actions:
+            action()
         return loss
+
+    def _plan(self, budget: int | None, members: list[tuple[Tensor, float]]) -> Callable[[], None]:
+        """Check one pool's update (read only) and return the function that writes it."""
+        params = [p for p, _ in members]
+        lrs = [lr for _, lr in members]
+        size = sum(p.numel() for p in params)
+        kernel = self.param_groups[0].get("kernel", "auto")
+        compiled = (
+            budget is not None
+            and 0 < budget < size
+            and kernel != "torch"
+            and (kernel == "compiled" or size >= COMPILED_MIN_SIZE)
+            and compiled_step.eligible(params)
+        )
+        if not compiled:
+            self._check_finite(members)
+            return lambda: self._torch_step(params, lrs, budget)
+        assert budget is not None
+        state = self.state[params[0]]
+        if not self._reselect(state, size):
+            if compiled_step.nonfinite_count(params, lrs):
+                self._raise_nonfinite(members)
+            mask = state["mask"]
+
+            def write_masked() -> None:
+                compiled_step.masked_step_(params, lrs, mask)
+                self._count_step(state, mask)
+
+            return write_masked
+        previous = state.get("threshold")
+        plan = compiled_step.plan_step(
+            params,
+            lrs,
+            budget,
+            previous=float(previous) if previous is not None else None,
+            width=float(state.get("bracket_width", compiled_step.START_WIDTH)),
+        )
+        if plan is None:  # a mass of ties at the boundary: the torch path ranks them
+            self._check_finite(members)
+            return lambda: self._torch_step(params, lrs, budget)
+        if plan.nonfinite:
+            self._raise_nonfinite(members)
+
+        def write() -> None:
+            # The stored mask is overwritten in place (clone it to keep an old support).
+            mask = compiled_step.write_step_(params, lrs, plan, out=state.get("mask"))
+            state["threshold"] = plan.threshold
+            state["bracket_width"] = plan.width
+            self._count_step(state, mask)
+
+        return write
+
+    @staticmethod
+    def _count_step(state: dict[str, Any], mask: Tensor) -> None:
+        state["step"] = int(state.get("step", 0)) + 1
+        state["mask"] = mask
+
+    def _reselect(self, state: dict[str, Any], size: int) -> bool:
+        """Whether this step re-selects the support (else the stored mask is applied)."""
+        # Read from the param groups, not self.defaults: load_state_dict restores the groups
+        # (as it restores lr), while defaults keep the value this instance was built with.
+        every = int(self.param_groups[0]["threshold_every"])
+        stored = state.get("mask")
+        if stored is not None and stored.dtype != torch.bool:
+            # load_state_dict casts saved state to the parameter's dtype; a mask stays boolean.
+            state["mask"] = stored = stored.to(torch.bool)
+        return int(state.get("step", 0)) % every == 0 or stored is None or stored.numel() != size
+
+    def _check_finite(self, members: list[tuple[Tensor, float]]) -> None:
+        """Raise NonFiniteError, naming the cause, if theta - lr * grad is not finite."""
+        # The bound |theta - lr g| <= max|theta| + lr max|g| avoids a copy unless near overflow.
+        for p, lr in members:
+            grad = cast(Tensor, p.grad)
+            g_max = float(torch.linalg.vector_norm(grad, ord=math.inf))
+            if not math.isfinite(g_max):
+                raise NonFiniteError(
+                    f"non-finite gradient in a parameter of shape {tuple(p.shape)}; "
+                    "parameters left unchanged"
+                )
+            bound = float(torch.linalg.vector_norm(p.detach(), ord=math.inf)) + lr * g_max
+            if bound > torch.finfo(p.dtype).max and not bool(torch.isfinite(p - lr * grad).all()):
+                raise NonFiniteError(
+                    f"the update overflows (lr = {lr}, max |grad| = {g_max:.3g}); "
+                    "parameters left unchanged"
+                )
+
+    def _raise_nonfinite(self, members: list[tuple[Tensor, float]]) -> None:
+        self._check_finite(members)  # names the cause
+        raise NonFiniteError(
+            "the update theta - lr * grad is not finite; parameters left unchanged"
+        )
+
+    def _torch_step(self, params: list[Tensor], lrs: list[float], budget: int | None) -> None:
+        """The reference step: in place, as torch.optim.SGD; no flat copy except to select."""
+        for p, lr in zip(params, lrs, strict=True):
+            p.add_(cast(Tensor, p.grad), alpha=-lr)
+        if budget is None:
+            return
+        mask = self._dropped(params, budget)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.masked_fill_(mask[offset : offset + n].view_as(p), 0.0)
+            offset += n
 
     def _dropped(self, params: list[Tensor], budget: int) -> Tensor:
         """The complement of :meth:`_support`, computed once per selection (no copy per step)."""
@@ -212,16 +307,9 @@ class IHT(Optimizer):
         """
         size = sum(p.numel() for p in params)
         state = self.state[params[0]]
-        count = int(state.get("step", 0))
-        # Read from the param groups, not self.defaults: load_state_dict restores the groups
-        # (as it restores lr), while defaults keep the value this instance was built with.
-        every = int(self.param_groups[0]["threshold_every"])
-        stored = state.get("mask")
-        if count % every == 0 or stored is None or stored.numel() != size:
-            stored = _mask_unchecked(flatten(p.detach() for p in params), budget)
-        # load_state_dict casts saved state to the parameter's dtype; a mask stays boolean.
-        if stored.dtype != torch.bool:
-            stored = stored.to(torch.bool)
-        state["step"] = count + 1
-        state["mask"] = stored
+        if self._reselect(state, size):
+            state["mask"] = _mask_unchecked(flatten(p.detach() for p in params), budget)
+            state.pop("threshold", None)  # a compiled step's warm start no longer applies
+        stored = state["mask"]
+        self._count_step(state, stored)
         return stored

@@ -1,0 +1,411 @@
+"""Compiled IHT step for large CPU pools: the update and an exact H_s in two passes.
+
+For a pool of parameter tensors theta (float32 or float64, contiguous, on the CPU) this computes
+
+.. math:: \\theta \\leftarrow H_s(x), \\qquad x = \\theta - \\gamma \\nabla f(\\theta),
+
+with no flat copy, no sort, and nothing written before the whole update is known to be finite.
+With t the s-th largest |x_i|, H_s keeps every |x_i| > t and, among |x_i| = t, the smaller
+flat indices (as :func:`iht.hard_threshold`).
+
+1. **Read pass (plan).** A bracket [lo, hi) that should hold t, from the previous step's t
+   (IHT moves it little from step to step). One vectorised pass counts, per block of
+   :data:`BLOCK` entries, the |x_i| >= hi and the |x_i| in [lo, hi), and the non-finite x_i.
+   If s falls inside the bracket (#{>= hi} < s <= #{>= lo}), the few entries of the bracket are
+   collected from the blocks that hold any, and an exact selection among them gives t and the
+   tied entries H_s drops. Otherwise (first step, or t moved out of the bracket) a histogram of
+   the top 15 bits of |x|'s IEEE-754 pattern (monotone in |x| for non-negative floats) gives an
+   exact bracket: the bin holding t.
+2. **Write pass.** theta_i <- x_i where |x_i| >= t, 0 elsewhere, and the dropped ties are zeroed.
+   The same mask is written out for :class:`iht.IHT`'s ``threshold_every``.
+
+x_i is computed by the same compiled expression in every pass, without fast-math (no
+contraction into a fused multiply-add in one loop and not another), so all passes see the
+same bits. The reference is the torch path of :class:`iht.IHT` (``kernel="torch"``);
+tests/test_compiled_step.py checks that both give the same parameters and mask in float64.
+
+When the bracket holds too many entries to collect (a mass of exact ties, typically s at or
+above the number of nonzeros of x), :func:`plan_step` returns None and the caller takes the
+torch path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+from numpy.typing import NDArray
+from torch import Tensor
+
+__all__ = [
+    "BLOCK",
+    "MAX_CANDIDATES",
+    "START_WIDTH",
+    "Plan",
+    "eligible",
+    "masked_step_",
+    "nonfinite_count",
+    "plan_step",
+    "write_step_",
+]
+
+#: Entries per block of the read pass; only blocks holding bracket entries are re-read.
+BLOCK = 128
+#: Histogram bins: 15 bits of the magnitude key (the sign bit is 0 in |x|).
+N_BINS = 1 << 15
+#: Most bracket entries collected before the torch path is used instead.
+MAX_CANDIDATES = 1 << 21
+#: Bracket half-width (relative to t) on the first warm step, and its limits.
+START_WIDTH, _MIN_WIDTH, _MAX_WIDTH = 2.0**-8, 2.0**-24, 0.5
+#: Bracket entries aimed at: enough to absorb t's drift, few enough to re-read cheaply.
+_TARGET_BAND = 1024
+
+# Per dtype: integer view, shift from the 31/63 magnitude bits down to 15, first inf/NaN bin.
+_KEY = {
+    torch.float32: (np.int32, 16, 0x7F800000 >> 16),
+    torch.float64: (np.int64, 48, 0x7FF0000000000000 >> 48),
+}
+
+
+@intrinsic
+def _bits(typingctx, x):  # type: ignore[no-untyped-def]
+    """The IEEE-754 bit pattern of a float as a signed integer of the same width."""
+    if not isinstance(x, types.Float):
+        return None
+    sig = (types.int32 if x.bitwidth == 32 else types.int64)(x)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.IntType(x.bitwidth))
+
+    return sig, codegen
+
+
+def _bin(x):  # type: ignore[no-untyped-def]
+    """Histogram bin of |x|: the top 15 bits of its IEEE-754 pattern (numba only)."""
+    raise NotImplementedError
+
+
+@overload(_bin, inline="always")
+def _bin_impl(x):  # type: ignore[no-untyped-def]
+    if x == types.float32:
+        return lambda x: (np.int64(_bits(x)) & 0x7FFFFFFF) >> 16  # type: ignore[call-arg]
+    if x == types.float64:
+        return lambda x: (np.int64(_bits(x)) & 0x7FFFFFFFFFFFFFFF) >> 48  # type: ignore[call-arg]
+    return None
+
+
+@njit(parallel=True, cache=True)
+def _histogram(theta, grad, lr, hist):  # type: ignore[no-untyped-def]
+    """hist[c, bin(theta_i - lr g_i)] += 1 for the entries i of chunk c."""
+    n = theta.shape[0]
+    chunks = hist.shape[0]
+    for c in prange(chunks):
+        for i in range(n * c // chunks, n * (c + 1) // chunks):
+            hist[c, _bin(theta[i] - lr * grad[i])] += 1
+
+
+@njit(inline="always")
+def _count_block(theta, grad, lr, lo, hi):  # type: ignore[no-untyped-def]
+    """(#{lo <= |x| < hi}, #{|x| >= hi}, #{x not finite}) over one block."""
+    k_band = np.int32(0)
+    k_above = np.int32(0)
+    k_bad = np.int32(0)
+    for j in range(theta.shape[0]):
+        a = abs(theta[j] - lr * grad[j])
+        k_above += np.int32(a >= hi)
+        k_band += np.int32((a >= lo) & (a < hi))
+        k_bad += np.int32(not (a < np.inf))
+    return k_band, k_above, k_bad
+
+
+@njit(parallel=True, cache=True)
+def _bracket_counts(theta, grad, lr, lo, hi, band):  # type: ignore[no-untyped-def]
+    """band[b] = #{i in block b: lo <= |x_i| < hi}.
+
+    Returns (#{lo <= |x_i| < hi}, #{|x_i| >= hi}, #{x_i not finite}).
+    """
+    n = theta.shape[0]
+    inside = np.int64(0)
+    above = np.int64(0)
+    bad = np.int64(0)
+    for b in prange(band.shape[0]):
+        start = b * BLOCK
+        stop = min(n, start + BLOCK)
+        if stop - start == BLOCK:  # a full block: a constant trip count vectorises best
+            k_band, k_above, k_bad = _count_block(
+                theta[start : start + BLOCK], grad[start : start + BLOCK], lr, lo, hi
+            )
+        else:
+            k_band, k_above, k_bad = _count_block(theta[start:stop], grad[start:stop], lr, lo, hi)
+        band[b] = k_band
+        inside += k_band
+        above += k_above
+        bad += k_bad
+    return inside, above, bad
+
+
+@njit(parallel=True, cache=True)
+def _collect(theta, grad, lr, lo, hi, band, start, base, mag, index):  # type: ignore[no-untyped-def]
+    """Store (|x_i|, base + i) for lo <= |x_i| < hi at slots start, start + 1, ... in index order.
+
+    Only blocks with band[b] > 0 are read; block b writes from the slot after the blocks
+    before it, so blocks run in parallel and never write into each other's slots.
+    """
+    n = theta.shape[0]
+    first = np.empty(band.shape[0], dtype=np.int64)
+    for b in range(band.shape[0]):
+        first[b] = start
+        start += band[b]
+    for b in prange(band.shape[0]):
+        if band[b] > 0:
+            k = first[b]
+            for i in range(b * BLOCK, min(n, b * BLOCK + BLOCK)):
+                a = abs(theta[i] - lr * grad[i])
+                if (a >= lo) & (a < hi):
+                    mag[k] = a
+                    index[k] = base + i
+                    k += 1
+    return start
+
+
+@njit(parallel=True, cache=True)
+def _write(theta, grad, lr, t, zero, keep):  # type: ignore[no-untyped-def]
+    """theta_i <- x_i if |x_i| >= t else 0; keep_i <- |x_i| >= t."""
+    for i in prange(theta.shape[0]):
+        x = theta[i] - lr * grad[i]
+        kept = abs(x) >= t
+        theta[i] = x if kept else zero
+        keep[i] = kept
+
+
+@njit(parallel=True, cache=True)
+def _count_nonfinite(theta, grad, lr):  # type: ignore[no-untyped-def]
+    bad = np.int64(0)
+    for i in prange(theta.shape[0]):
+        bad += np.int32(not (abs(theta[i] - lr * grad[i]) < np.inf))
+    return bad
+
+
+@njit(parallel=True, cache=True)
+def _masked_write(theta, grad, lr, zero, keep):  # type: ignore[no-untyped-def]
+    """theta_i <- x_i on the mask, 0 off it."""
+    for i in prange(theta.shape[0]):
+        x = theta[i] - lr * grad[i]
+        theta[i] = x if keep[i] else zero
+
+
+def eligible(params: Sequence[Tensor]) -> bool:
+    """Whether the compiled step applies: CPU, one float32/float64 dtype, contiguous, grads alike."""
+    if not params:
+        return False
+    dtype = params[0].dtype
+    if dtype not in _KEY:
+        return False
+    for p in params:
+        g = p.grad
+        if (
+            p.device.type != "cpu"
+            or p.dtype != dtype
+            or not p.is_contiguous()
+            or g is None
+            or g.layout != torch.strided
+            or g.dtype != dtype
+            or g.device.type != "cpu"
+            or not g.is_contiguous()
+        ):
+            return False
+    return True
+
+
+def _flat(t: Tensor) -> NDArray[np.floating]:
+    return t.detach().reshape(-1).numpy()
+
+
+def _typed(value: float, dtype: torch.dtype) -> np.floating:
+    """A scalar in the parameters' precision (the step is taken in that precision)."""
+    return np.float32(value) if dtype == torch.float32 else np.float64(value)
+
+
+def _operands(
+    params: Sequence[Tensor], lrs: Sequence[float]
+) -> list[tuple[NDArray[np.floating], NDArray[np.floating], np.floating]]:
+    """(theta, grad, lr) of each tensor as flat NumPy views and a scalar of their dtype."""
+    dtype = params[0].dtype
+    return [
+        (_flat(p), _flat(p.grad), _typed(lr, dtype))  # type: ignore[arg-type]
+        for p, lr in zip(params, lrs, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the read pass decided: keep |x_i| >= threshold, except the flat indices in ``drop``.
+
+    ``nonfinite`` > 0 means the update is not finite and nothing may be written. ``width`` is
+    the bracket half-width (relative) to try on the next step; ``cold`` says whether the
+    histogram was needed this step.
+    """
+
+    threshold: float
+    drop: NDArray[np.int64]
+    nonfinite: int
+    width: float
+    cold: bool
+
+
+_Operands = list[tuple[NDArray[np.floating], NDArray[np.floating], np.floating]]
+
+
+def _bracket(
+    operands: _Operands, lo: np.floating, hi: np.floating
+) -> tuple[int, int, int, list[NDArray[np.int32]]]:
+    """(#{lo <= |x| < hi}, #{|x| >= hi}, #non-finite, per-tensor block counts of [lo, hi))."""
+    inside, above, bad, bands = 0, 0, 0, []
+    for theta, grad, lr in operands:
+        band = np.empty(-(-theta.shape[0] // BLOCK), dtype=np.int32)
+        counts = _bracket_counts(theta, grad, lr, lo, hi, band)
+        inside, above, bad = inside + int(counts[0]), above + int(counts[1]), bad + int(counts[2])
+        bands.append(band)
+    return inside, above, bad, bands
+
+
+def _histogram_bracket(
+    operands: _Operands, dtype: torch.dtype, budget: int
+) -> tuple[np.floating, np.floating, int]:
+    """The exact bracket [lo, hi): the histogram bin holding the s-th largest |x|.
+
+    Returns (lo, hi, #non-finite); lo = hi = 0 when there are non-finite entries.
+    """
+    int_type, shift, first_nonfinite = _KEY[dtype]
+    hist = np.zeros((numba.get_num_threads(), N_BINS), dtype=np.int64)
+    for theta, grad, lr in operands:
+        _histogram(theta, grad, lr, hist)
+    total = hist.sum(axis=0)
+    bad = int(total[first_nonfinite:].sum())
+    if bad:
+        return _typed(0.0, dtype), _typed(0.0, dtype), bad
+    from_top = np.cumsum(total[::-1])
+    b = N_BINS - 1 - int(np.searchsorted(from_top, budget))
+    edges = (np.array([b, b + 1], dtype=np.int64) << shift).astype(int_type)
+    lo, hi = edges.view(np.float32 if dtype == torch.float32 else np.float64)
+    return lo, hi, 0
+
+
+def plan_step(
+    params: Sequence[Tensor],
+    lrs: Sequence[float],
+    budget: int,
+    previous: float | None = None,
+    width: float = START_WIDTH,
+) -> Plan | None:
+    """The read pass of theta <- H_s(theta - lr * grad) over a pool; nothing is written.
+
+    Args:
+        params: the pool's tensors (see :func:`eligible`), with ``.grad`` set.
+        lrs: the step size of each tensor.
+        budget: s, with 0 < s < P.
+        previous: the threshold t of the previous selection, if any (a warm start).
+        width: the bracket's relative half-width around ``previous``.
+
+    Returns:
+        The :class:`Plan`, or None when the boundary holds too many tied entries to collect.
+    """
+    dtype = params[0].dtype
+    operands = _operands(params, lrs)
+    cold = True
+    if previous is not None and previous > 0 and math.isfinite(previous):
+        lo = _typed(previous * (1.0 - width), dtype)
+        hi = _typed(previous * (1.0 + width), dtype)
+        inside, above, bad, bands = _bracket(operands, lo, hi)
+        if bad:
+            return Plan(0.0, np.empty(0, np.int64), bad, width, False)
+        cold = not (above < budget <= above + inside and inside <= MAX_CANDIDATES)
+    if cold:
+        lo, hi, bad = _histogram_bracket(operands, dtype, budget)
+        if bad:
+            return Plan(0.0, np.empty(0, np.int64), bad, width, True)
+        inside, above, _, bands = _bracket(operands, lo, hi)
+        if inside > MAX_CANDIDATES:
+            return None
+    mag = np.empty(inside, dtype=np.float32 if dtype == torch.float32 else np.float64)
+    index = np.empty(inside, dtype=np.int64)
+    k, base = 0, 0
+    for (theta, grad, lr), band in zip(operands, bands, strict=True):
+        k = int(_collect(theta, grad, lr, lo, hi, band, k, base, mag, index))
+        base += theta.shape[0]
+    need = budget - above  # 1 <= need <= k: how many bracket entries H_s keeps
+    t = np.partition(mag, k - need)[k - need]
+    tied = np.flatnonzero(mag == t)  # in flat index order, as collected
+    drop = index[tied[need - int(np.count_nonzero(mag > t)) :]]
+    next_width = _next_width(width, cold, float(t), previous, k)
+    return Plan(float(t), drop, 0, next_width, cold)
+
+
+def _next_width(width: float, cold: bool, t: float, previous: float | None, inside: int) -> float:
+    """Bracket half-width for the next step: wide enough for t's drift, narrow enough to be cheap.
+
+    The number of entries in the bracket grows about linearly with its width, so the width is
+    scaled towards :data:`_TARGET_BAND` entries (at most 4x per step), and kept at least 4x
+    the relative move of t since the previous step.
+    """
+    if cold and previous is not None and previous > 0:
+        width *= 4.0  # the bracket missed: widen
+    elif not cold:
+        width *= min(4.0, max(0.25, _TARGET_BAND / max(inside, 1)))
+    if previous is not None and previous > 0 and t > 0:
+        width = max(width, 4.0 * abs(t / previous - 1.0))
+    return min(max(width, _MIN_WIDTH), _MAX_WIDTH)
+
+
+def write_step_(
+    params: Sequence[Tensor], lrs: Sequence[float], plan: Plan, out: Tensor | None = None
+) -> Tensor:
+    """The write pass: theta <- H_s(theta - lr * grad) in place; returns the flat kept mask.
+
+    ``out``, a flat bool tensor of the pool's size, receives the mask if given (reusing one
+    buffer saves the page faults of a fresh allocation at every step).
+    """
+    dtype = params[0].dtype
+    size = sum(p.numel() for p in params)
+    if out is not None and out.dtype == torch.bool and out.shape == (size,) and out.is_contiguous():
+        keep = out
+    else:
+        keep = torch.empty(size, dtype=torch.bool)
+    keep_np = keep.numpy()
+    t, zero = _typed(plan.threshold, dtype), _typed(0.0, dtype)
+    offset = 0
+    for theta, grad, lr in _operands(params, lrs):
+        n = theta.shape[0]
+        _write(theta, grad, lr, t, zero, keep_np[offset : offset + n])
+        offset += n
+    if plan.drop.size:
+        starts = np.cumsum([0] + [p.numel() for p in params])
+        owner = np.searchsorted(starts, plan.drop, side="right") - 1
+        for k, p in enumerate(params):
+            local = plan.drop[owner == k] - starts[k]
+            _flat(p)[local] = 0
+        keep_np[plan.drop] = False
+    return keep
+
+
+def nonfinite_count(params: Sequence[Tensor], lrs: Sequence[float]) -> int:
+    """How many entries of theta - lr * grad over the pool are inf or NaN (read only)."""
+    return sum(int(_count_nonfinite(*ops)) for ops in _operands(params, lrs))
+
+
+def masked_step_(params: Sequence[Tensor], lrs: Sequence[float], keep: Tensor) -> None:
+    """theta <- (theta - lr * grad) on the flat mask ``keep``, 0 off it, in place."""
+    zero = _typed(0.0, params[0].dtype)
+    keep_np = keep.numpy()
+    offset = 0
+    for theta, grad, lr in _operands(params, lrs):
+        n = theta.shape[0]
+        _masked_write(theta, grad, lr, zero, keep_np[offset : offset + n])
+        offset += n

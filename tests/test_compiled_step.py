@@ -1,0 +1,224 @@
+"""The compiled two-pass IHT step against the torch reference (H_s of the concatenated update).
+
+Values are small dyadic rationals (k / 4) and steps powers of two, so theta - lr * grad is exact
+in every precision and in both implementations: results must agree bit for bit, ties included.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+import iht
+from iht import compiled_step
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def _dyadic(
+    shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, top: int = 8
+) -> Tensor:
+    return (torch.randint(-top, top + 1, shape, generator=gen) / 4).to(dtype)
+
+
+def _pool(
+    sizes: list[int], seed: int, dtype: torch.dtype, top: int = 8
+) -> tuple[list[Tensor], list[float]]:
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for n in sizes:
+        p = _dyadic((n,), gen, dtype, top)
+        p.grad = _dyadic((n,), gen, dtype, top)
+        params.append(p)
+    lrs = [0.5 if k % 2 else 0.25 for k in range(len(sizes))]
+    return params, lrs
+
+
+def _expected(params: list[Tensor], lrs: list[float], s: int) -> tuple[Tensor, Tensor]:
+    x = torch.cat([(p - lr * p.grad).reshape(-1) for p, lr in zip(params, lrs, strict=True)])  # type: ignore[operator]
+    return iht.hard_threshold(x, s), iht.threshold_mask(x, s)
+
+
+def _run(
+    params: list[Tensor], lrs: list[float], s: int, previous: float | None, width: float
+) -> tuple[Tensor, Tensor, compiled_step.Plan]:
+    plan = compiled_step.plan_step(params, lrs, s, previous=previous, width=width)
+    assert plan is not None
+    keep = compiled_step.write_step_(params, lrs, plan)
+    return torch.cat([p.reshape(-1) for p in params]), keep, plan
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 700), min_size=1, max_size=4),
+    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from(DTYPES),
+    top=st.sampled_from([1, 2, 8, 1000]),
+    budget_fraction=st.floats(0.0, 1.0),
+    previous=st.one_of(st.none(), st.floats(1e-3, 300.0)),
+    width=st.floats(2.0**-24, 0.5),
+)
+def test_equals_hard_threshold_of_the_update(
+    sizes: list[int],
+    seed: int,
+    dtype: torch.dtype,
+    top: int,
+    budget_fraction: float,
+    previous: float | None,
+    width: float,
+) -> None:
+    params, lrs = _pool(sizes, seed, dtype, top)
+    size = sum(sizes)
+    if size < 2:
+        return
+    s = min(size - 1, max(1, round(budget_fraction * size)))
+    want, want_mask = _expected(params, lrs, s)
+    got, keep, plan = _run(params, lrs, s, previous, width)
+    assert torch.equal(got, want)
+    assert torch.equal(keep, want_mask)  # ties (zeros included) to the smaller flat index
+    assert int(keep.sum()) == s
+    assert plan.nonfinite == 0 and 0 < plan.width <= 0.5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_warm_start_skips_the_histogram_and_a_miss_falls_back(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    theta = torch.randn(50_000, generator=gen, dtype=dtype)
+    theta.grad = torch.randn(50_000, generator=gen, dtype=dtype)
+    s = 5_000
+    first = compiled_step.plan_step([theta], [1e-3], s)
+    assert first is not None and first.cold
+    x = theta - 1e-3 * theta.grad
+    assert first.threshold == float(x.abs().topk(s).values.min())
+    warm = compiled_step.plan_step([theta], [1e-3], s, previous=first.threshold * 1.001)
+    assert warm is not None and not warm.cold and warm.threshold == first.threshold
+    missed = compiled_step.plan_step([theta], [1e-3], s, previous=first.threshold * 3, width=0.01)
+    assert missed is not None and missed.cold and missed.threshold == first.threshold
+    assert missed.width >= 4 * 0.01  # widened after the miss
+
+
+def _mlp(dtype: torch.dtype, seed: int, width: int = 40) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, width), nn.Tanh(), nn.Linear(width, 3)).to(dtype)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_optimizer_compiled_equals_torch_in_float64(every: int) -> None:
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,), generator=gen)
+    models = [_mlp(torch.float64, 0), _mlp(torch.float64, 0)]
+    opts = [
+        iht.IHT(m.parameters(), lr=0.3, sparsity=60, threshold_every=every, kernel=k)
+        for m, k in zip(models, ["compiled", "torch"], strict=True)
+    ]
+    for _ in range(25):
+        for model, opt in zip(models, opts, strict=True):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        first = [p.detach() for p in models[0].parameters()]
+        second = [p.detach() for p in models[1].parameters()]
+        for a, b in zip(first, second, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        masks = [
+            opt.state[next(iter(m.parameters()))]["mask"]
+            for m, opt in zip(models, opts, strict=True)
+        ]
+        assert torch.equal(masks[0], masks[1])
+        assert sum(int((p != 0).sum()) for p in first) <= 60
+    assert "threshold" in opts[0].state[next(iter(models[0].parameters()))]
+
+
+def test_auto_takes_the_compiled_step_for_large_pools_only() -> None:
+    small, large = _mlp(torch.float32, 1, width=8), _mlp(torch.float32, 1, width=7000)
+    for model, compiled in ((small, False), (large, True)):
+        size = sum(p.numel() for p in model.parameters())
+        assert (size >= iht.optim.COMPILED_MIN_SIZE) is compiled
+        opt = iht.IHT(model.parameters(), lr=0.1, sparsity=size // 10)
+        nn.functional.cross_entropy(model(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
+        opt.step()
+        assert ("threshold" in opt.state[next(iter(model.parameters()))]) is compiled
+        assert sum(int((p != 0).sum()) for p in model.parameters()) <= size // 10
+
+
+def test_optimizer_same_bits_as_torch_with_dyadic_values() -> None:
+    """float32, per-group budgets and global pool, exact arithmetic: identical tensors."""
+    results = []
+    for kernel in ("compiled", "torch"):
+        params, _ = _pool([300, 41, 7, 500], seed=11, dtype=torch.float32, top=3)
+        groups = [
+            {"params": params[:2], "sparsity": 50},
+            {"params": params[2:], "lr": 0.5},
+        ]
+        opt = iht.IHT(groups, lr=0.25, sparsity=100, kernel=kernel)
+        for step in range(4):
+            opt.step()
+            gen = torch.Generator().manual_seed(step)
+            for p in params:
+                p.grad = _dyadic(tuple(p.shape), gen, torch.float32, 3)
+        results.append(torch.cat([p.reshape(-1) for p in params]))
+        assert sum(int((p != 0).sum()) for p in params[:2]) <= 50
+        assert sum(int((p != 0).sum()) for p in params[2:]) <= 100
+    assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("every", [1, 2])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_update_changes_nothing(every: int, bad: float) -> None:
+    params, _ = _pool([400, 300], seed=2, dtype=torch.float32)
+    opt = iht.IHT(params, lr=0.5, sparsity=100, threshold_every=every, kernel="compiled")
+    opt.step()  # the first step selects; with every = 2 the second applies the stored mask
+    params[1].grad[7] = bad  # type: ignore[index]
+    before = [p.clone() for p in params]
+    with pytest.raises(iht.NonFiniteError, match="non-finite gradient"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
+
+
+def test_overflowing_update_changes_nothing() -> None:
+    params, _ = _pool([400], seed=2, dtype=torch.float32)
+    params[0].data[3] = 3e38
+    params[0].grad[3] = -3e38  # type: ignore[index]
+    before = params[0].clone()
+    opt = iht.IHT(params, lr=1.0, sparsity=10, kernel="compiled")
+    with pytest.raises(iht.NonFiniteError, match="overflows"):
+        opt.step()
+    assert torch.equal(before, params[0])
+
+
+def test_a_mass_of_ties_takes_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled_step, "MAX_CANDIDATES", 16)
+    results = []
+    for kernel in ("compiled", "torch"):
+        params, _ = _pool([200, 200], seed=4, dtype=torch.float64, top=1)
+        opt = iht.IHT(params, lr=0.5, sparsity=150, kernel=kernel)
+        opt.step()
+        results.append((torch.cat([p.reshape(-1) for p in params]), opt.state[params[0]]["mask"]))
+    assert compiled_step.plan_step(*_pool([200, 200], 4, torch.float64, 1), 150) is None
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_ineligible_pools() -> None:
+    p = torch.zeros(4, 4)
+    assert not compiled_step.eligible([p])  # no gradient
+    p.grad = torch.zeros(4, 4)
+    assert compiled_step.eligible([p])
+    assert not compiled_step.eligible([p.t()])  # not contiguous (and no grad)
+    q = torch.zeros(3, dtype=torch.float64)
+    q.grad = torch.zeros(3, dtype=torch.float64)
+    assert not compiled_step.eligible([p, q])  # mixed dtypes
+    h = torch.zeros(3, dtype=torch.float16)
+    h.grad = torch.zeros(3, dtype=torch.float16)
+    assert not compiled_step.eligible([h])
+
+
+def test_bad_kernel_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match="kernel must be one of auto, compiled, torch, got 'numba'"
+    ):
+        iht.IHT(nn.Linear(2, 1).parameters(), lr=0.1, sparsity=1, kernel="numba")
