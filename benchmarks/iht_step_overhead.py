@@ -1,7 +1,7 @@
 """The price of thresholding: an IHT training step against a plain SGD step, ~10M parameters.
 
     python benchmarks/iht_step_overhead.py [--width 2048] [--batch 256] [--density 0.1]
-                                           [--steps 10] [--rounds 5]
+                                           [--rounds 3]
 
 Model: Linear(784, W) -> ReLU -> Linear(W, W) -> ReLU -> Linear(W, W) -> ReLU -> Linear(W, 10)
 (W = 2048: 10.0M parameters), random data, cross-entropy. One step = forward + backward +
@@ -9,13 +9,16 @@ optimizer step. Compares torch.optim.SGD with iht.IHT at s = density * P: the co
 (``kernel="auto"``, the default at this size) re-selecting the support every step and every
 k steps (``threshold_every=k``), and the torch reference step (``kernel="torch"``).
 
-The variants take turns within each round (this machine is shared and noisy); the figures are
-medians over rounds, and each overhead is against SGD's median measured in the same run.
+Each variant trains its own copy of the model; the variants take turns step by step (this
+machine is shared and noisy, so they see the same background load). A round is 100 steps of
+each variant, so every k in {1, 10, 100} completes its schedule; the overhead of a round is
+against SGD's time in the same round, and the figures printed are medians over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -25,23 +28,7 @@ from torch import nn
 
 import iht
 
-
-def timer(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
-) -> Callable[[int], float]:
-    def step() -> None:
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    def run(steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        return (time.perf_counter() - start) / steps
-
-    step()  # warm-up (and the compiled kernels' first call)
-    return run
+ROUND = 100
 
 
 def main() -> None:
@@ -49,8 +36,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--density", type=float, default=0.1)
-    parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help=f"rounds of {ROUND} steps")
     args = parser.parse_args()
     torch.manual_seed(0)
     w = args.width
@@ -68,34 +54,61 @@ def main() -> None:
     x, y = torch.randn(args.batch, 784), torch.randint(0, 10, (args.batch,))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; P = {size:,}, s = {s:,}, "
-        f"batch {args.batch}; {args.rounds} rounds of {args.steps} steps"
+        f"batch {args.batch}; {args.rounds} rounds of {ROUND} steps per variant"
     )
-    params = list(model.parameters())
-    variants: dict[str, Callable[[int], float]] = {
-        "SGD step": timer(model, torch.optim.SGD(params, lr=1e-3), x, y),
+
+    makers: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
+        "SGD": lambda m: torch.optim.SGD(m.parameters(), lr=1e-3),
+        "IHT compiled, select every   1": lambda m: iht.IHT(m.parameters(), lr=1e-3, sparsity=s),
+        "IHT compiled, select every  10": lambda m: iht.IHT(
+            m.parameters(), lr=1e-3, sparsity=s, threshold_every=10
+        ),
+        "IHT compiled, select every 100": lambda m: iht.IHT(
+            m.parameters(), lr=1e-3, sparsity=s, threshold_every=100
+        ),
+        "IHT torch reference, every   1": lambda m: iht.IHT(
+            m.parameters(), lr=1e-3, sparsity=s, kernel="torch"
+        ),
     }
-    for every in (1, 10, 100):
-        opt = iht.IHT(params, lr=1e-3, sparsity=s, threshold_every=every)
-        variants[f"IHT compiled, select every {every:>3}"] = timer(model, opt, x, y)
-    torch_opt = iht.IHT(params, lr=1e-3, sparsity=s, kernel="torch")
-    variants["IHT torch reference, every   1"] = timer(model, torch_opt, x, y)
+    runs = {}
+    for name, make in makers.items():
+        twin = copy.deepcopy(model)
+        runs[name] = (twin, make(twin))
 
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    def step(net: nn.Module, opt: torch.optim.Optimizer) -> float:
+        """One training step; returns the seconds spent in ``opt.step()`` alone."""
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        start = time.perf_counter()
+        opt.step()
+        return time.perf_counter() - start
+
+    for net, opt in runs.values():  # warm-up (and the compiled kernels' first call)
+        step(net, opt)
+    whole: dict[str, list[float]] = {name: [] for name in runs}
+    alone: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
-        for name, run in variants.items():
-            # Every-k variants run a whole period per round, so that the selection is counted.
-            every = int(name.rsplit(" ", 1)[1]) if "every" in name else 1
-            times[name].append(run(max(args.steps, every)))
-    sgd = statistics.median(times["SGD step"])
-    for name, samples in times.items():
-        t = statistics.median(samples)
-        extra = "" if name == "SGD step" else f"   overhead {t / sgd - 1:+7.1%}"
-        print(f"{name:32s} {t * 1e3:8.1f} ms{extra}")
+        spent = dict.fromkeys(runs, 0.0)
+        spent_alone = dict.fromkeys(runs, 0.0)
+        for _ in range(ROUND):
+            for name, (net, opt) in runs.items():
+                start = time.perf_counter()
+                spent_alone[name] += step(net, opt)
+                spent[name] += time.perf_counter() - start
+        for name in runs:
+            whole[name].append(spent[name] / ROUND)
+            alone[name].append(spent_alone[name] / ROUND)
 
-    mag = torch.randn(size)
-    start = time.perf_counter()
-    iht.hard_threshold(mag, s)
-    print(f"hard_threshold alone on P entries: {(time.perf_counter() - start) * 1e3:.1f} ms")
+    print(f"{'':32s} {'whole step':>10s} {'overhead':>9s} {'opt.step() alone':>17s}")
+    for name in runs:
+        t = statistics.median(whole[name])
+        overhead = statistics.median(
+            mine / sgd - 1 for mine, sgd in zip(whole[name], whole["SGD"], strict=True)
+        )
+        extra = "" if name == "SGD" else f"{overhead:+9.1%}"
+        print(
+            f"{name:32s} {t * 1e3:7.1f} ms {extra:>9s} {statistics.median(alone[name]) * 1e3:14.2f} ms"
+        )
 
 
 if __name__ == "__main__":

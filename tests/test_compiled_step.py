@@ -222,3 +222,30 @@ def test_bad_kernel_is_refused() -> None:
         ValueError, match="kernel must be one of auto, compiled, torch, got 'numba'"
     ):
         iht.IHT(nn.Linear(2, 1).parameters(), lr=0.1, sparsity=1, kernel="numba")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("values", ["normal", "ties", "tiny"])
+def test_kth_largest_magnitude_equals_topk(dtype: torch.dtype, values: str) -> None:
+    gen = torch.Generator().manual_seed(8)
+    n = 300_001
+    if values == "normal":
+        x = torch.randn(n, generator=gen, dtype=dtype)
+    elif values == "ties":
+        x = torch.randint(-40, 41, (n,), generator=gen).to(dtype)
+    else:  # subnormal and zero magnitudes share the lowest histogram bins
+        x = torch.randint(-3, 4, (n,), generator=gen).to(dtype) * torch.finfo(dtype).tiny / 8
+    for s in (1, 7, n // 10, n // 2, n - 1):
+        t = compiled_step.kth_largest_magnitude(x, s)
+        assert t is not None
+        assert t == float(x.abs().topk(s).values.min())
+
+
+def test_kth_largest_magnitude_declines_infinities() -> None:
+    x = torch.randn(5000)
+    x[10] = float("inf")
+    assert compiled_step.kth_largest_magnitude(x, 100) is None
+    long = torch.randn(iht.threshold.SAMPLING_THRESHOLD)
+    long[3] = -float("inf")
+    assert torch.equal(iht.threshold_mask(long, 100), iht.threshold_mask(long.double(), 100))
+    assert bool(iht.hard_threshold(long, 1)[3] == -float("inf"))

@@ -6,7 +6,13 @@ import pytest
 import reference
 import torch
 
-from iht.threshold import SAMPLING_THRESHOLD, _kth_largest_by_sampling, hard_threshold
+from iht.threshold import (
+    COMPILED_THRESHOLD,
+    SAMPLING_THRESHOLD,
+    _kth_largest_by_sampling,
+    hard_threshold,
+    threshold_mask,
+)
 
 
 @pytest.mark.parametrize("density", [1e-6, 0.01, 0.3, 0.5, 0.999])
@@ -45,3 +51,19 @@ def test_hard_threshold_on_a_long_vector_with_ties_matches_the_reference_rule() 
     assert int(kept.sum()) == s
     small = torch.tensor([3.0, -1.0, 3.0, 2.0])
     assert torch.equal(hard_threshold(small, 1), reference.hard_threshold(small, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("values", ["normal", "ties"])
+def test_compiled_flat_path_equals_the_row_path(dtype: torch.dtype, values: str) -> None:
+    """A long flat CPU vector takes the compiled selection; one row of a batch takes topk."""
+    gen = torch.Generator().manual_seed(4)
+    n = COMPILED_THRESHOLD + 1001
+    if values == "normal":
+        x = torch.randn(n, generator=gen, dtype=dtype)
+    else:
+        x = torch.randint(-20, 21, (n,), generator=gen).to(dtype)
+    for s in (1, 999, n // 3, n - 1):
+        flat, row = hard_threshold(x, s), hard_threshold(x[None], s)[0]
+        assert torch.equal(flat, row)
+        assert torch.equal(threshold_mask(x, s), threshold_mask(x[None], s)[0])

@@ -50,9 +50,11 @@ __all__ = [
     "START_WIDTH",
     "Plan",
     "eligible",
+    "kth_largest_magnitude",
     "masked_step_",
     "nonfinite_count",
     "plan_step",
+    "threshold_flat_",
     "write_step_",
 ]
 
@@ -101,6 +103,30 @@ def _bin_impl(x):  # type: ignore[no-untyped-def]
     return None
 
 
+def _update(theta, grad, lr, i):  # type: ignore[no-untyped-def]
+    """x_i = theta_i - lr * grad_i, or theta_i when there is no gradient (numba only)."""
+    raise NotImplementedError
+
+
+@overload(_update, inline="always")
+def _update_impl(theta, grad, lr, i):  # type: ignore[no-untyped-def]
+    if isinstance(grad, types.NoneType):
+        return lambda theta, grad, lr, i: theta[i]
+    return lambda theta, grad, lr, i: theta[i] - lr * grad[i]
+
+
+def _part(grad, start, stop):  # type: ignore[no-untyped-def]
+    """grad[start:stop], or None when there is no gradient (numba only)."""
+    raise NotImplementedError
+
+
+@overload(_part, inline="always")
+def _part_impl(grad, start, stop):  # type: ignore[no-untyped-def]
+    if isinstance(grad, types.NoneType):
+        return lambda grad, start, stop: None
+    return lambda grad, start, stop: grad[start:stop]
+
+
 @njit(parallel=True, cache=True)
 def _histogram(theta, grad, lr, hist):  # type: ignore[no-untyped-def]
     """hist[c, bin(theta_i - lr g_i)] += 1 for the entries i of chunk c."""
@@ -108,7 +134,7 @@ def _histogram(theta, grad, lr, hist):  # type: ignore[no-untyped-def]
     chunks = hist.shape[0]
     for c in prange(chunks):
         for i in range(n * c // chunks, n * (c + 1) // chunks):
-            hist[c, _bin(theta[i] - lr * grad[i])] += 1
+            hist[c, _bin(_update(theta, grad, lr, i))] += 1
 
 
 @njit(inline="always")
@@ -118,7 +144,7 @@ def _count_block(theta, grad, lr, lo, hi):  # type: ignore[no-untyped-def]
     k_above = np.int32(0)
     k_bad = np.int32(0)
     for j in range(theta.shape[0]):
-        a = abs(theta[j] - lr * grad[j])
+        a = abs(_update(theta, grad, lr, j))
         k_above += np.int32(a >= hi)
         k_band += np.int32((a >= lo) & (a < hi))
         k_bad += np.int32(not (a < np.inf))
@@ -140,10 +166,12 @@ def _bracket_counts(theta, grad, lr, lo, hi, band):  # type: ignore[no-untyped-d
         stop = min(n, start + BLOCK)
         if stop - start == BLOCK:  # a full block: a constant trip count vectorises best
             k_band, k_above, k_bad = _count_block(
-                theta[start : start + BLOCK], grad[start : start + BLOCK], lr, lo, hi
+                theta[start : start + BLOCK], _part(grad, start, start + BLOCK), lr, lo, hi
             )
         else:
-            k_band, k_above, k_bad = _count_block(theta[start:stop], grad[start:stop], lr, lo, hi)
+            k_band, k_above, k_bad = _count_block(
+                theta[start:stop], _part(grad, start, stop), lr, lo, hi
+            )
         band[b] = k_band
         inside += k_band
         above += k_above
@@ -167,7 +195,7 @@ def _collect(theta, grad, lr, lo, hi, band, start, base, mag, index):  # type: i
         if band[b] > 0:
             k = first[b]
             for i in range(b * BLOCK, min(n, b * BLOCK + BLOCK)):
-                a = abs(theta[i] - lr * grad[i])
+                a = abs(_update(theta, grad, lr, i))
                 if (a >= lo) & (a < hi):
                     mag[k] = a
                     index[k] = base + i
@@ -179,7 +207,7 @@ def _collect(theta, grad, lr, lo, hi, band, start, base, mag, index):  # type: i
 def _write(theta, grad, lr, t, zero, keep):  # type: ignore[no-untyped-def]
     """theta_i <- x_i if |x_i| >= t else 0; keep_i <- |x_i| >= t."""
     for i in prange(theta.shape[0]):
-        x = theta[i] - lr * grad[i]
+        x = _update(theta, grad, lr, i)
         kept = abs(x) >= t
         theta[i] = x if kept else zero
         keep[i] = kept
@@ -233,9 +261,11 @@ def _typed(value: float, dtype: torch.dtype) -> np.floating:
     return np.float32(value) if dtype == torch.float32 else np.float64(value)
 
 
-def _operands(
-    params: Sequence[Tensor], lrs: Sequence[float]
-) -> list[tuple[NDArray[np.floating], NDArray[np.floating], np.floating]]:
+#: (theta, grad or None, lr) per tensor of a pool, as flat NumPy views.
+_Operands = list[tuple[NDArray[np.floating], NDArray[np.floating] | None, np.floating]]
+
+
+def _operands(params: Sequence[Tensor], lrs: Sequence[float]) -> _Operands:
     """(theta, grad, lr) of each tensor as flat NumPy views and a scalar of their dtype."""
     dtype = params[0].dtype
     return [
@@ -258,9 +288,6 @@ class Plan:
     nonfinite: int
     width: float
     cold: bool
-
-
-_Operands = list[tuple[NDArray[np.floating], NDArray[np.floating], np.floating]]
 
 
 def _bracket(
@@ -317,8 +344,27 @@ def plan_step(
     Returns:
         The :class:`Plan`, or None when the boundary holds too many tied entries to collect.
     """
-    dtype = params[0].dtype
-    operands = _operands(params, lrs)
+    return _plan(_operands(params, lrs), params[0].dtype, budget, previous, width)
+
+
+def kth_largest_magnitude(x: Tensor, s: int) -> float | None:
+    """The s-th largest |x_i| of a flat CPU float32/float64 vector, exactly (0 < s < len(x)).
+
+    The read passes of :func:`plan_step` without a gradient: a histogram pass, a counting
+    pass and a re-read of the few blocks holding the histogram bin of the answer. Returns None
+    when that bin holds too many tied entries, or x holds inf or NaN (the caller then uses
+    ``topk``).
+    """
+    if x.dtype not in _KEY or x.device.type != "cpu" or not x.is_contiguous() or x.dim() != 1:
+        raise ValueError("kth_largest_magnitude needs a contiguous 1-D CPU float32/float64 tensor")
+    plan = _plan([(_flat(x), None, _typed(0.0, x.dtype))], x.dtype, s, None, START_WIDTH)
+    # inf entries (NaN is refused upstream) take the torch path: the bins stop at the largest finite.
+    return None if plan is None or plan.nonfinite else plan.threshold
+
+
+def _plan(
+    operands: _Operands, dtype: torch.dtype, budget: int, previous: float | None, width: float
+) -> Plan | None:
     cold = True
     if previous is not None and previous > 0 and math.isfinite(previous):
         lo = _typed(previous * (1.0 - width), dtype)
@@ -372,8 +418,27 @@ def write_step_(
     ``out``, a flat bool tensor of the pool's size, receives the mask if given (reusing one
     buffer saves the page faults of a fresh allocation at every step).
     """
-    dtype = params[0].dtype
-    size = sum(p.numel() for p in params)
+    return _write_plan(_operands(params, lrs), params[0].dtype, plan, out)
+
+
+def threshold_flat_(x: Tensor, s: int) -> Tensor | None:
+    """H_s on a flat CPU float32/float64 vector, in place (0 < s < len(x)); returns the mask.
+
+    The same passes as the IHT step, without a gradient: about four passes over x in all,
+    against a full ``topk``. Returns None, having written nothing, when x holds inf or NaN or
+    the boundary holds too many tied entries (the caller then takes the torch path).
+    """
+    if x.dtype not in _KEY or x.device.type != "cpu" or not x.is_contiguous() or x.dim() != 1:
+        raise ValueError("threshold_flat_ needs a contiguous 1-D CPU float32/float64 tensor")
+    operands: _Operands = [(_flat(x), None, _typed(0.0, x.dtype))]
+    plan = _plan(operands, x.dtype, s, None, START_WIDTH)
+    if plan is None or plan.nonfinite:
+        return None
+    return _write_plan(operands, x.dtype, plan, None)
+
+
+def _write_plan(operands: _Operands, dtype: torch.dtype, plan: Plan, out: Tensor | None) -> Tensor:
+    size = sum(theta.shape[0] for theta, _, _ in operands)
     if out is not None and out.dtype == torch.bool and out.shape == (size,) and out.is_contiguous():
         keep = out
     else:
@@ -381,16 +446,15 @@ def write_step_(
     keep_np = keep.numpy()
     t, zero = _typed(plan.threshold, dtype), _typed(0.0, dtype)
     offset = 0
-    for theta, grad, lr in _operands(params, lrs):
+    for theta, grad, lr in operands:
         n = theta.shape[0]
         _write(theta, grad, lr, t, zero, keep_np[offset : offset + n])
         offset += n
     if plan.drop.size:
-        starts = np.cumsum([0] + [p.numel() for p in params])
+        starts = np.cumsum([0] + [theta.shape[0] for theta, _, _ in operands])
         owner = np.searchsorted(starts, plan.drop, side="right") - 1
-        for k, p in enumerate(params):
-            local = plan.drop[owner == k] - starts[k]
-            _flat(p)[local] = 0
+        for k, (theta, _, _) in enumerate(operands):
+            theta[plan.drop[owner == k] - starts[k]] = 0
         keep_np[plan.drop] = False
     return keep
 

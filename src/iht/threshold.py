@@ -15,6 +15,8 @@ from typing import SupportsIndex, cast
 import torch
 from torch import Tensor
 
+from . import compiled_step
+
 __all__ = [
     "boundary_tie",
     "check_sparsity",
@@ -87,12 +89,26 @@ def _check_input(x: Tensor, s: object) -> int:
     return value
 
 
+def _compiled_applies(x: Tensor) -> bool:
+    """Long flat CPU vectors take the compiled selection of :mod:`iht.compiled_step`."""
+    return (
+        x.dim() == 1
+        and x.numel() >= COMPILED_THRESHOLD
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+    )
+
+
 def _mask_unchecked(x: Tensor, s: int) -> Tensor:
     size = x.shape[-1]
     if s <= 0:
         return torch.zeros_like(x, dtype=torch.bool)
     if s >= size:
         return torch.ones_like(x, dtype=torch.bool)
+    if _compiled_applies(x):
+        keep = compiled_step.threshold_flat_(x.clone(memory_format=torch.contiguous_format), s)
+        if keep is not None:
+            return keep
     mag = x.abs()
     kth = _kth_largest(mag, s)
     keep = mag >= kth
@@ -115,12 +131,20 @@ def _count_last(mask: Tensor) -> Tensor:
     return torch.count_nonzero(mask, dim=-1)
 
 
+#: Flat CPU vectors at least this long take :func:`iht.compiled_step.threshold_flat_`.
+COMPILED_THRESHOLD = 1 << 16
+
 #: Vectors at least this long find t by sampling (see :func:`_kth_largest_by_sampling`).
 SAMPLING_THRESHOLD = 1 << 20
 
 
 def _kth_largest(mag: Tensor, s: int) -> Tensor:
-    """The s-th largest value of every row of ``mag`` (>= 0), shape (..., 1). Exact."""
+    """The s-th largest value of every row of ``mag`` (>= 0), shape (..., 1). Exact.
+
+    Long vectors avoid ``topk`` with a sampled bracket (exact; it declines, falling back to
+    ``topk``, only when the sample misses). Long CPU vectors do not get here: they take
+    :func:`iht.compiled_step.threshold_flat_` first.
+    """
     if mag.dim() == 1 and mag.numel() >= SAMPLING_THRESHOLD:
         found = _kth_largest_by_sampling(mag, s)
         if found is not None:
@@ -180,6 +204,10 @@ def hard_threshold(x: Tensor, s: int) -> Tensor:
     s = _check_input(x, s)
     if s >= x.shape[-1]:
         return x.clone()
+    if s > 0 and _compiled_applies(x):
+        out = x.clone(memory_format=torch.contiguous_format)
+        if compiled_step.threshold_flat_(out, s) is not None:
+            return out
     return torch.where(_mask_unchecked(x, s), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
