@@ -1,11 +1,14 @@
 """The price of thresholding: an IHT training step against a plain SGD step, ~10M parameters.
 
     python benchmarks/iht_step_overhead.py [--width 2048] [--batch 256] [--density 0.1]
-                                           [--rounds 3]
+                                           [--rounds 3] [--fresh-batches]
 
 Model: Linear(784, W) -> ReLU -> Linear(W, W) -> ReLU -> Linear(W, W) -> ReLU -> Linear(W, 10)
 (W = 2048: 10.0M parameters), random data, cross-entropy. One step = forward + backward +
-optimizer step. Compares torch.optim.SGD with iht.IHT at s = density * P: the compiled step
+optimizer step. By default every step sees the same batch (full-batch IHT, as in the paper: the
+threshold t moves little from step to step and the compiled step brackets it around the last
+one); with ``--fresh-batches`` every step draws a new random batch (mini-batch IHT: t moves by
+~20% a step and the compiled step brackets it from a sample instead). Compares torch.optim.SGD with iht.IHT at s = density * P: the compiled step
 (``kernel="auto"``, the default at this size) re-selecting the support every step and every
 k steps (``threshold_every=k``), and the torch reference step (``kernel="torch"``).
 
@@ -37,6 +40,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--density", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=3, help=f"rounds of {ROUND} steps")
+    parser.add_argument("--fresh-batches", action="store_true", help="a new batch every step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="step size of every variant")
     args = parser.parse_args()
     torch.manual_seed(0)
     w = args.width
@@ -54,20 +59,22 @@ def main() -> None:
     x, y = torch.randn(args.batch, 784), torch.randint(0, 10, (args.batch,))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; P = {size:,}, s = {s:,}, "
-        f"batch {args.batch}; {args.rounds} rounds of {ROUND} steps per variant"
+        f"lr {args.lr}, "
+        f"batch {args.batch} ({'a new one every step' if args.fresh_batches else 'the same every step'}); "
+        f"{args.rounds} rounds of {ROUND} steps per variant"
     )
 
     makers: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
-        "SGD": lambda m: torch.optim.SGD(m.parameters(), lr=1e-3),
-        "IHT compiled, select every   1": lambda m: iht.IHT(m.parameters(), lr=1e-3, sparsity=s),
+        "SGD": lambda m: torch.optim.SGD(m.parameters(), lr=args.lr),
+        "IHT compiled, select every   1": lambda m: iht.IHT(m.parameters(), lr=args.lr, sparsity=s),
         "IHT compiled, select every  10": lambda m: iht.IHT(
-            m.parameters(), lr=1e-3, sparsity=s, threshold_every=10
+            m.parameters(), lr=args.lr, sparsity=s, threshold_every=10
         ),
         "IHT compiled, select every 100": lambda m: iht.IHT(
-            m.parameters(), lr=1e-3, sparsity=s, threshold_every=100
+            m.parameters(), lr=args.lr, sparsity=s, threshold_every=100
         ),
         "IHT torch reference, every   1": lambda m: iht.IHT(
-            m.parameters(), lr=1e-3, sparsity=s, kernel="torch"
+            m.parameters(), lr=args.lr, sparsity=s, kernel="torch"
         ),
     }
     runs = {}
@@ -76,7 +83,7 @@ def main() -> None:
         runs[name] = (twin, make(twin))
 
     def step(net: nn.Module, opt: torch.optim.Optimizer) -> float:
-        """One training step; returns the seconds spent in ``opt.step()`` alone."""
+        """One training step on the current batch; returns the seconds in ``opt.step()`` alone."""
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
         start = time.perf_counter()
@@ -87,10 +94,14 @@ def main() -> None:
         step(net, opt)
     whole: dict[str, list[float]] = {name: [] for name in runs}
     alone: dict[str, list[float]] = {name: [] for name in runs}
+    gen = torch.Generator().manual_seed(1)
     for _ in range(args.rounds):
         spent = dict.fromkeys(runs, 0.0)
         spent_alone = dict.fromkeys(runs, 0.0)
         for _ in range(ROUND):
+            if args.fresh_batches:  # every variant sees the same batches
+                x = torch.randn(args.batch, 784, generator=gen)
+                y = torch.randint(0, 10, (args.batch,), generator=gen)
             for name, (net, opt) in runs.items():
                 start = time.perf_counter()
                 spent_alone[name] += step(net, opt)

@@ -6,6 +6,7 @@ in every precision and in both implementations: results must agree bit for bit, 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -84,20 +85,29 @@ def test_equals_hard_threshold_of_the_update(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_warm_start_skips_the_histogram_and_a_miss_falls_back(dtype: torch.dtype) -> None:
+def test_brackets_warm_then_sample_then_histogram(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gen = torch.Generator().manual_seed(3)
     theta = torch.randn(50_000, generator=gen, dtype=dtype)
     theta.grad = torch.randn(50_000, generator=gen, dtype=dtype)
     s = 5_000
-    first = compiled_step.plan_step([theta], [1e-3], s)
-    assert first is not None and first.cold
     x = theta - 1e-3 * theta.grad
-    assert first.threshold == float(x.abs().topk(s).values.min())
-    warm = compiled_step.plan_step([theta], [1e-3], s, previous=first.threshold * 1.001)
-    assert warm is not None and not warm.cold and warm.threshold == first.threshold
-    missed = compiled_step.plan_step([theta], [1e-3], s, previous=first.threshold * 3, width=0.01)
-    assert missed is not None and missed.cold and missed.threshold == first.threshold
+    exact = float(x.abs().topk(s).values.min())
+    first = compiled_step.plan_step([theta], [1e-3], s)  # no previous t: the sample
+    assert first is not None and first.bracket == "sample" and first.threshold == exact
+    warm = compiled_step.plan_step([theta], [1e-3], s, previous=exact * 1.001, width=0.005)
+    assert warm is not None and warm.bracket == "warm" and warm.threshold == exact
+    missed = compiled_step.plan_step([theta], [1e-3], s, previous=exact * 3, width=0.01)
+    assert missed is not None and missed.bracket == "sample" and missed.threshold == exact
     assert missed.width >= 4 * 0.01  # widened after the miss
+    wide = compiled_step.plan_step([theta], [1e-3], s, previous=exact, width=0.2)
+    assert wide is not None and wide.bracket == "sample"  # too wide to be worth it
+    # A sample that misses t leaves the histogram to decide.
+    far = np.linspace(50.0, 60.0, 9).astype(x.numpy().dtype)  # |x| never gets there
+    monkeypatch.setattr(compiled_step, "_sample_edges", lambda *args: far)
+    last = compiled_step.plan_step([theta], [1e-3], s)
+    assert last is not None and last.bracket == "histogram" and last.threshold == exact
 
 
 def _mlp(dtype: torch.dtype, seed: int, width: int = 40) -> nn.Sequential:
@@ -249,3 +259,30 @@ def test_kth_largest_magnitude_declines_infinities() -> None:
     long[3] = -float("inf")
     assert torch.equal(iht.threshold_mask(long, 100), iht.threshold_mask(long.double(), 100))
     assert bool(iht.hard_threshold(long, 1)[3] == -float("inf"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("values", ["normal", "ties", "bimodal"])
+def test_fine_sample_bracket_on_a_large_pool(
+    dtype: torch.dtype, values: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pools from FINE_MIN_SIZE entries split the sampled bracket into 8: same exact result."""
+    monkeypatch.setattr(compiled_step, "FINE_MIN_SIZE", 1000)
+    gen = torch.Generator().manual_seed(6)
+    params, _ = _pool([3000, 50, 7000], seed=6, dtype=dtype, top=40)
+    if values == "normal":
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype))
+    elif values == "bimodal":  # kept weights and tiny new candidates, as in IHT with mini-batches
+        for p in params:
+            p.mul_(torch.rand(p.shape, generator=gen, dtype=dtype) < 0.1)
+            p.grad.mul_(1e-3)  # type: ignore[union-attr]
+    lrs = [0.5, 0.25, 0.5]
+    for s in (1, 17, 1000, 5025, 10049):
+        trial = [p.clone() for p in params]
+        for t, p in zip(trial, params, strict=True):
+            t.grad = p.grad
+        want, want_mask = _expected(trial, lrs, s)
+        got, keep, plan = _run(trial, lrs, s, None, 0.01)
+        assert plan.bracket == "sample" or values == "ties"  # ties may need the histogram
+        assert torch.equal(got, want) and torch.equal(keep, want_mask)

@@ -47,7 +47,9 @@ from torch import Tensor
 __all__ = [
     "BLOCK",
     "MAX_CANDIDATES",
+    "SAMPLE_SIZE",
     "START_WIDTH",
+    "WARM_MAX_WIDTH",
     "Plan",
     "eligible",
     "kth_largest_magnitude",
@@ -68,6 +70,13 @@ MAX_CANDIDATES = 1 << 21
 START_WIDTH, _MIN_WIDTH, _MAX_WIDTH = 2.0**-8, 2.0**-24, 0.5
 #: Bracket entries aimed at: enough to absorb t's drift, few enough to re-read cheaply.
 _TARGET_BAND = 1024
+#: Widest warm bracket (relative half-width); beyond it a sample of |x| brackets t instead.
+WARM_MAX_WIDTH = 0.01
+#: Entries in that sample.
+SAMPLE_SIZE = 1 << 16
+#: Pools at least this large count 8 sub-brackets of the sampled bracket in one pass, so
+#: that only the one holding t is collected (the sampled bracket holds ~0.7% of P).
+FINE_MIN_SIZE = 1 << 20
 
 # Per dtype: integer view, shift from the 31/63 magnitude bits down to 15, first inf/NaN bin.
 _KEY = {
@@ -179,6 +188,73 @@ def _bracket_counts(theta, grad, lr, lo, hi, band):  # type: ignore[no-untyped-d
     return inside, above, bad
 
 
+@njit(inline="always")
+def _count_block9(theta, grad, lr, e0, e1, e2, e3, e4, e5, e6, e7, e8):  # type: ignore[no-untyped-def]
+    """#{|x| >= e_k} for k = 0..8, and #{x not finite}, over one block (unrolled: registers)."""
+    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = bad = np.int32(0)
+    for j in range(theta.shape[0]):
+        a = abs(_update(theta, grad, lr, j))
+        c0 += np.int32(a >= e0)
+        c1 += np.int32(a >= e1)
+        c2 += np.int32(a >= e2)
+        c3 += np.int32(a >= e3)
+        c4 += np.int32(a >= e4)
+        c5 += np.int32(a >= e5)
+        c6 += np.int32(a >= e6)
+        c7 += np.int32(a >= e7)
+        c8 += np.int32(a >= e8)
+        bad += np.int32(not (a < np.inf))
+    return c0, c1, c2, c3, c4, c5, c6, c7, c8, bad
+
+
+@njit(parallel=True, cache=True)
+def _fine_counts(theta, grad, lr, edges, counts):  # type: ignore[no-untyped-def]
+    """counts[b, k] = #{i in block b: |x_i| >= edges[k]}, k = 0..8.
+
+    Eight sub-brackets in one pass: only the one holding t is collected afterwards. Returns
+    the nine totals #{|x_i| >= edges[k]} and #{x_i not finite}.
+    """
+    n = theta.shape[0]
+    e0, e1, e2, e3, e4 = edges[0], edges[1], edges[2], edges[3], edges[4]
+    e5, e6, e7, e8 = edges[5], edges[6], edges[7], edges[8]
+    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = bad = np.int64(0)
+    for b in prange(counts.shape[0]):
+        start = b * BLOCK
+        stop = min(n, start + BLOCK)
+        if stop - start == BLOCK:
+            r = _count_block9(
+                theta[start : start + BLOCK],
+                _part(grad, start, start + BLOCK),
+                lr,
+                e0,
+                e1,
+                e2,
+                e3,
+                e4,
+                e5,
+                e6,
+                e7,
+                e8,
+            )
+        else:
+            r = _count_block9(
+                theta[start:stop], _part(grad, start, stop), lr, e0, e1, e2, e3, e4, e5, e6, e7, e8
+            )
+        for k in range(9):
+            counts[b, k] = r[k]
+        t0 += r[0]
+        t1 += r[1]
+        t2 += r[2]
+        t3 += r[3]
+        t4 += r[4]
+        t5 += r[5]
+        t6 += r[6]
+        t7 += r[7]
+        t8 += r[8]
+        bad += r[9]
+    return t0, t1, t2, t3, t4, t5, t6, t7, t8, bad
+
+
 @njit(parallel=True, cache=True)
 def _collect(theta, grad, lr, lo, hi, band, start, base, mag, index):  # type: ignore[no-untyped-def]
     """Store (|x_i|, base + i) for lo <= |x_i| < hi at slots start, start + 1, ... in index order.
@@ -194,13 +270,26 @@ def _collect(theta, grad, lr, lo, hi, band, start, base, mag, index):  # type: i
     for b in prange(band.shape[0]):
         if band[b] > 0:
             k = first[b]
+            end = k + band[b]
             for i in range(b * BLOCK, min(n, b * BLOCK + BLOCK)):
+                # Branch-free: store every entry at slot k, keep it (k + 1) only if in the
+                # bracket; stop at the block's last bracket entry, before the next block's slots.
                 a = abs(_update(theta, grad, lr, i))
-                if (a >= lo) & (a < hi):
-                    mag[k] = a
-                    index[k] = base + i
-                    k += 1
+                mag[k] = a
+                index[k] = base + i
+                k += np.int64((a >= lo) & (a < hi))
+                if k == end:
+                    break
     return start
+
+
+@njit(parallel=True, cache=True)
+def _sample(theta, grad, lr, stride):  # type: ignore[no-untyped-def]
+    """|x_i| at i = 0, stride, 2 stride, ..."""
+    out = np.empty((theta.shape[0] + stride - 1) // stride, dtype=theta.dtype)
+    for j in prange(out.shape[0]):
+        out[j] = abs(_update(theta, grad, lr, j * stride))
+    return out
 
 
 @njit(parallel=True, cache=True)
@@ -279,15 +368,15 @@ class Plan:
     """What the read pass decided: keep |x_i| >= threshold, except the flat indices in ``drop``.
 
     ``nonfinite`` > 0 means the update is not finite and nothing may be written. ``width`` is
-    the bracket half-width (relative) to try on the next step; ``cold`` says whether the
-    histogram was needed this step.
+    the bracket half-width (relative) to try on the next step; ``bracket`` names the bracket
+    that held t: ``"warm"`` (around the previous t), ``"sample"`` or ``"histogram"``.
     """
 
     threshold: float
     drop: NDArray[np.int64]
     nonfinite: int
     width: float
-    cold: bool
+    bracket: str
 
 
 def _bracket(
@@ -301,6 +390,34 @@ def _bracket(
         inside, above, bad = inside + int(counts[0]), above + int(counts[1]), bad + int(counts[2])
         bands.append(band)
     return inside, above, bad, bands
+
+
+def _fine_bracket(
+    operands: _Operands, edges: NDArray[np.floating], budget: int
+) -> tuple[np.floating, np.floating, int, int, int, list[NDArray[np.int32]]]:
+    """Count 8 sub-brackets of [edges[0], edges[8]) in one pass; keep the one holding t.
+
+    Returns (lo, hi, #{lo <= |x| < hi}, #{|x| >= hi}, #non-finite, per-tensor block counts of
+    [lo, hi)); when t is outside [edges[0], edges[8]) the whole range is returned, so that
+    the caller's check fails and it moves on.
+    """
+    per_tensor, totals = [], np.zeros(10, dtype=np.int64)
+    for theta, grad, lr in operands:
+        counts = np.empty((-(-theta.shape[0] // BLOCK), 9), dtype=np.int32)
+        totals += _fine_counts(theta, grad, lr, edges, counts)
+        per_tensor.append(counts)
+    totals, bad = totals[:9], int(totals[9])
+    # totals[k] = #{|x| >= edges[k]} falls with k; t is in [edges[k], edges[k + 1]) when
+    # totals[k + 1] < s <= totals[k].
+    k = int(np.searchsorted(-totals, -budget, side="right")) - 1
+    k = min(max(k, 0), 7) if totals[8] < budget <= totals[0] else -1
+    if k < 0:
+        lo_k, hi_k = 0, 8
+    else:
+        lo_k, hi_k = k, k + 1
+    bands = [np.ascontiguousarray(c[:, lo_k] - c[:, hi_k]) for c in per_tensor]
+    inside = int(totals[lo_k] - totals[hi_k])
+    return edges[lo_k], edges[hi_k], inside, int(totals[hi_k]), bad, bands
 
 
 def _histogram_bracket(
@@ -365,21 +482,37 @@ def kth_largest_magnitude(x: Tensor, s: int) -> float | None:
 def _plan(
     operands: _Operands, dtype: torch.dtype, budget: int, previous: float | None, width: float
 ) -> Plan | None:
-    cold = True
-    if previous is not None and previous > 0 and math.isfinite(previous):
-        lo = _typed(previous * (1.0 - width), dtype)
-        hi = _typed(previous * (1.0 + width), dtype)
+    """Find t and the dropped ties, trying brackets from the cheapest to the surest."""
+    total = sum(theta.shape[0] for theta, _, _ in operands)
+    warm = previous is not None and 0 < previous < math.inf and width <= WARM_MAX_WIDTH
+    for source in ("warm", "sample", "histogram"):
+        if source == "warm":
+            if not warm:
+                continue
+            assert previous is not None
+            lo = _typed(previous * (1.0 - width), dtype)
+            hi = _typed(previous * (1.0 + width), dtype)
+        elif source == "sample":
+            edges = _sample_edges(operands, dtype, budget, total)
+            if total >= FINE_MIN_SIZE:  # split the sampled bracket into 8 in the same pass
+                lo, hi, inside, above, bad, bands = _fine_bracket(operands, edges, budget)
+                if bad:
+                    return Plan(0.0, np.empty(0, np.int64), bad, width, source)
+                if above < budget <= above + inside and inside <= MAX_CANDIDATES:
+                    break
+                continue
+            lo, hi = edges[0], edges[8]
+        else:
+            lo, hi, bad = _histogram_bracket(operands, dtype, budget)
+            if bad:
+                return Plan(0.0, np.empty(0, np.int64), bad, width, source)
         inside, above, bad, bands = _bracket(operands, lo, hi)
         if bad:
-            return Plan(0.0, np.empty(0, np.int64), bad, width, False)
-        cold = not (above < budget <= above + inside and inside <= MAX_CANDIDATES)
-    if cold:
-        lo, hi, bad = _histogram_bracket(operands, dtype, budget)
-        if bad:
-            return Plan(0.0, np.empty(0, np.int64), bad, width, True)
-        inside, above, _, bands = _bracket(operands, lo, hi)
-        if inside > MAX_CANDIDATES:
-            return None
+            return Plan(0.0, np.empty(0, np.int64), bad, width, source)
+        if above < budget <= above + inside and inside <= MAX_CANDIDATES:
+            break
+    else:
+        return None  # the histogram bin of t alone holds more than MAX_CANDIDATES entries
     mag = np.empty(inside, dtype=np.float32 if dtype == torch.float32 else np.float64)
     index = np.empty(inside, dtype=np.int64)
     k, base = 0, 0
@@ -390,21 +523,53 @@ def _plan(
     t = np.partition(mag, k - need)[k - need]
     tied = np.flatnonzero(mag == t)  # in flat index order, as collected
     drop = index[tied[need - int(np.count_nonzero(mag > t)) :]]
-    next_width = _next_width(width, cold, float(t), previous, k)
-    return Plan(float(t), drop, 0, next_width, cold)
+    next_width = _next_width(width, source, float(t), previous, k)
+    return Plan(float(t), drop, 0, next_width, source)
 
 
-def _next_width(width: float, cold: bool, t: float, previous: float | None, inside: int) -> float:
+def _sample_edges(
+    operands: _Operands, dtype: torch.dtype, budget: int, total: int
+) -> NDArray[np.floating]:
+    """Nine ascending edges around t from a strided sample of |x|.
+
+    With m sampled entries, t's rank among them has a standard deviation of about
+    sqrt(m q (1 - q)), q = s / P; the outer edges lie 3 of them (plus 2) either side, so they
+    miss t with probability about 0.3% (the histogram then decides), and the inner edges split
+    the sampled ranks between them evenly.
+    """
+    stride = max(1, total // SAMPLE_SIZE)
+    sample = np.concatenate([_sample(theta, grad, lr, stride) for theta, grad, lr in operands])
+    m = sample.shape[0]
+    q = budget / total
+    rank = q * m  # t's expected rank from the top among the sampled entries
+    spread = 3.0 * math.sqrt(m * q * (1.0 - q)) + 2.0
+    top = max(1.0, rank - spread)  # ranks from the top, 1-based
+    bottom = min(float(m), rank + spread)
+    ranks = np.rint(np.linspace(bottom, top, 9)).astype(np.int64)  # ascending values
+    positions = m - ranks
+    ordered = np.partition(sample, np.unique(positions))
+    edges = ordered[positions]
+    if rank + spread >= m:
+        edges[0] = 0  # t may be below every sampled entry
+    if rank - spread < 1:
+        edges[8] = np.inf  # or above every one
+    # A bracket of equal edges still holds t when t equals them.
+    edges[8] = max(edges[8], np.nextafter(edges[0], sample.dtype.type(np.inf)))
+    return np.maximum.accumulate(edges)
+
+
+def _next_width(width: float, source: str, t: float, previous: float | None, inside: int) -> float:
     """Bracket half-width for the next step: wide enough for t's drift, narrow enough to be cheap.
 
-    The number of entries in the bracket grows about linearly with its width, so the width is
-    scaled towards :data:`_TARGET_BAND` entries (at most 4x per step), and kept at least 4x
-    the relative move of t since the previous step.
+    After a warm bracket the width is scaled towards :data:`_TARGET_BAND` entries (the count
+    grows about linearly with it, at most 4x per step); after a miss it is widened 4x. Either
+    way it stays at least 4x the relative move of t since the previous step, so when t jumps
+    around (mini-batches) the width exceeds :data:`WARM_MAX_WIDTH` and the sample is used.
     """
-    if cold and previous is not None and previous > 0:
-        width *= 4.0  # the bracket missed: widen
-    elif not cold:
+    if source == "warm":
         width *= min(4.0, max(0.25, _TARGET_BAND / max(inside, 1)))
+    elif previous is not None and previous > 0:
+        width *= 4.0
     if previous is not None and previous > 0 and t > 0:
         width = max(width, 4.0 * abs(t / previous - 1.0))
     return min(max(width, _MIN_WIDTH), _MAX_WIDTH)
