@@ -8,14 +8,18 @@ with no flat copy, no sort, and nothing written before the whole update is known
 With t the s-th largest |x_i|, H_s keeps every |x_i| > t and, among |x_i| = t, the smaller
 flat indices (as :func:`iht.hard_threshold`).
 
-1. **Read pass (plan).** A bracket [lo, hi) that should hold t, from the previous step's t
-   (IHT moves it little from step to step). One vectorised pass counts, per block of
-   :data:`BLOCK` entries, the |x_i| >= hi and the |x_i| in [lo, hi), and the non-finite x_i.
-   If s falls inside the bracket (#{>= hi} < s <= #{>= lo}), the few entries of the bracket are
-   collected from the blocks that hold any, and an exact selection among them gives t and the
-   tied entries H_s drops. Otherwise (first step, or t moved out of the bracket) a histogram of
-   the top 15 bits of |x|'s IEEE-754 pattern (monotone in |x| for non-negative floats) gives an
-   exact bracket: the bin holding t.
+1. **Read pass (plan).** A bracket [lo, hi) that should hold t. One vectorised pass counts,
+   per block of :data:`BLOCK` entries, the |x_i| >= hi and the |x_i| in [lo, hi), and the
+   non-finite x_i. If s falls inside the bracket (#{>= hi} < s <= #{>= lo}), the few entries
+   of the bracket are collected from the blocks that hold any, and an exact selection among
+   them gives t and the tied entries H_s drops. Brackets, cheapest first:
+
+   - *warm*: around the previous step's t, when it moved little (full-batch IHT);
+   - *sample*: quantiles of a strided sample of |x| (mini-batches move t by 10-20% a step);
+     on pools of :data:`FINE_MIN_SIZE` entries or more the pass counts 8 sub-brackets of it,
+     and only the one holding t is collected;
+   - *histogram*: the top 15 bits of |x|'s IEEE-754 pattern (monotone in |x| for non-negative
+     floats) give the bin holding t, an exact bracket.
 2. **Write pass.** theta_i <- x_i where |x_i| >= t, 0 elsewhere, and the dropped ties are zeroed.
    The same mask is written out for :class:`iht.IHT`'s ``threshold_every``.
 
@@ -32,7 +36,7 @@ torch path.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numba
@@ -46,6 +50,7 @@ from torch import Tensor
 
 __all__ = [
     "BLOCK",
+    "FINE_MIN_SIZE",
     "MAX_CANDIDATES",
     "SAMPLE_SIZE",
     "START_WIDTH",
@@ -306,7 +311,7 @@ def _write(theta, grad, lr, t, zero, keep):  # type: ignore[no-untyped-def]
 def _count_nonfinite(theta, grad, lr):  # type: ignore[no-untyped-def]
     bad = np.int64(0)
     for i in prange(theta.shape[0]):
-        bad += np.int32(not (abs(theta[i] - lr * grad[i]) < np.inf))
+        bad += np.int32(not (abs(_update(theta, grad, lr, i)) < np.inf))
     return bad
 
 
@@ -314,7 +319,7 @@ def _count_nonfinite(theta, grad, lr):  # type: ignore[no-untyped-def]
 def _masked_write(theta, grad, lr, zero, keep):  # type: ignore[no-untyped-def]
     """theta_i <- x_i on the mask, 0 off it."""
     for i in prange(theta.shape[0]):
-        x = theta[i] - lr * grad[i]
+        x = _update(theta, grad, lr, i)
         theta[i] = x if keep[i] else zero
 
 
@@ -483,30 +488,8 @@ def _plan(
     operands: _Operands, dtype: torch.dtype, budget: int, previous: float | None, width: float
 ) -> Plan | None:
     """Find t and the dropped ties, trying brackets from the cheapest to the surest."""
-    total = sum(theta.shape[0] for theta, _, _ in operands)
-    warm = previous is not None and 0 < previous < math.inf and width <= WARM_MAX_WIDTH
-    for source in ("warm", "sample", "histogram"):
-        if source == "warm":
-            if not warm:
-                continue
-            assert previous is not None
-            lo = _typed(previous * (1.0 - width), dtype)
-            hi = _typed(previous * (1.0 + width), dtype)
-        elif source == "sample":
-            edges = _sample_edges(operands, dtype, budget, total)
-            if total >= FINE_MIN_SIZE:  # split the sampled bracket into 8 in the same pass
-                lo, hi, inside, above, bad, bands = _fine_bracket(operands, edges, budget)
-                if bad:
-                    return Plan(0.0, np.empty(0, np.int64), bad, width, source)
-                if above < budget <= above + inside and inside <= MAX_CANDIDATES:
-                    break
-                continue
-            lo, hi = edges[0], edges[8]
-        else:
-            lo, hi, bad = _histogram_bracket(operands, dtype, budget)
-            if bad:
-                return Plan(0.0, np.empty(0, np.int64), bad, width, source)
-        inside, above, bad, bands = _bracket(operands, lo, hi)
+    for source, counted in _counted_brackets(operands, dtype, budget, previous, width):
+        lo, hi, inside, above, bad, bands = counted
         if bad:
             return Plan(0.0, np.empty(0, np.int64), bad, width, source)
         if above < budget <= above + inside and inside <= MAX_CANDIDATES:
@@ -527,9 +510,33 @@ def _plan(
     return Plan(float(t), drop, 0, next_width, source)
 
 
-def _sample_edges(
-    operands: _Operands, dtype: torch.dtype, budget: int, total: int
-) -> NDArray[np.floating]:
+_Counted = tuple[np.floating, np.floating, int, int, int, list[NDArray[np.int32]]]
+
+
+def _counted_brackets(
+    operands: _Operands, dtype: torch.dtype, budget: int, previous: float | None, width: float
+) -> Iterator[tuple[str, _Counted]]:
+    """Brackets for t, cheapest first, each counted by one read pass.
+
+    Yields (name, (lo, hi, #{lo <= |x| < hi}, #{|x| >= hi}, #non-finite, block counts)).
+    """
+    total = sum(theta.shape[0] for theta, _, _ in operands)
+    if previous is not None and 0 < previous < math.inf and width <= WARM_MAX_WIDTH:
+        lo, hi = _typed(previous * (1.0 - width), dtype), _typed(previous * (1.0 + width), dtype)
+        yield "warm", (lo, hi, *_bracket(operands, lo, hi))
+    edges = _sample_edges(operands, budget, total)
+    if total >= FINE_MIN_SIZE:  # split the sampled bracket into 8 in the same pass
+        yield "sample", _fine_bracket(operands, edges, budget)
+    else:
+        yield "sample", (edges[0], edges[8], *_bracket(operands, edges[0], edges[8]))
+    lo, hi, bad = _histogram_bracket(operands, dtype, budget)
+    if bad:
+        yield "histogram", (lo, hi, 0, 0, bad, [])
+    else:
+        yield "histogram", (lo, hi, *_bracket(operands, lo, hi))
+
+
+def _sample_edges(operands: _Operands, budget: int, total: int) -> NDArray[np.floating]:
     """Nine ascending edges around t from a strided sample of |x|.
 
     With m sampled entries, t's rank among them has a standard deviation of about
