@@ -286,3 +286,20 @@ def test_fine_sample_bracket_on_a_large_pool(
         got, keep, plan = _run(trial, lrs, s, None, 0.01)
         assert plan.bracket == "sample" or values == "ties"  # ties may need the histogram
         assert torch.equal(got, want) and torch.equal(keep, want_mask)
+
+
+def test_switching_between_compiled_and_torch_steps_keeps_the_support_right() -> None:
+    """A pool can change path between steps (here: a gradient that is not contiguous)."""
+    results = []
+    for switch in (True, False):
+        params, _ = _pool([300, 200], seed=9, dtype=torch.float64, top=5)
+        opt = iht.IHT(params, lr=0.5, sparsity=120, threshold_every=2, kernel="compiled")
+        for step in range(12):
+            gen = torch.Generator().manual_seed(100 + step)
+            for p in params:
+                g = _dyadic((p.numel(), 2), gen, torch.float64, 5)[:, 0]
+                p.grad = g if switch and step % 3 == 1 else g.contiguous()
+            opt.step()
+            assert sum(int((p != 0).sum()) for p in params) <= 120
+        results.append(torch.cat([p.reshape(-1) for p in params]))
+    assert torch.equal(results[0], results[1])

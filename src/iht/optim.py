@@ -230,8 +230,10 @@ class IHT(Optimizer):
             self._raise_nonfinite(members)
 
         def write() -> None:
-            # The stored mask is overwritten in place (clone it to keep an old support).
+            # The stored mask is overwritten in place (clone it to keep an old support), so
+            # the torch path's cached complement of it is stale.
             mask = compiled_step.write_step_(params, lrs, plan, out=state.get("mask"))
+            self.__dict__.get("_dropped_cache", {}).pop(id(params[0]), None)
             state["threshold"] = plan.threshold
             state["bracket_width"] = plan.width
             self._count_step(state, mask)
