@@ -303,3 +303,22 @@ def test_switching_between_compiled_and_torch_steps_keeps_the_support_right() ->
             assert sum(int((p != 0).sum()) for p in params) <= 120
         results.append(torch.cat([p.reshape(-1) for p in params]))
     assert torch.equal(results[0], results[1])
+
+
+def test_kernels_follow_torch_thread_count_and_restore_numba_setting() -> None:
+    import numba
+
+    before_numba, before_torch = numba.get_num_threads(), torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, before_torch):
+            torch.set_num_threads(threads)
+            params, lrs = _pool([5000, 3000], seed=12, dtype=torch.float32)
+            want, _ = _expected(params, lrs, 800)
+            got, _, _ = _run(params, lrs, 800, None, 0.01)
+            assert torch.equal(got, want)
+            assert numba.get_num_threads() == before_numba
+            results.append(got)
+    finally:
+        torch.set_num_threads(before_torch)
+    assert torch.equal(results[0], results[1])

@@ -35,9 +35,11 @@ torch path.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import numba
 import numpy as np
@@ -47,6 +49,9 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from numpy.typing import NDArray
 from torch import Tensor
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 __all__ = [
     "BLOCK",
@@ -323,6 +328,23 @@ def _masked_write(theta, grad, lr, zero, keep):  # type: ignore[no-untyped-def]
         theta[i] = x if keep[i] else zero
 
 
+def _torch_threads(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn``'s kernels on as many threads as torch uses (``torch.set_num_threads``, as
+    ``iht train --threads`` sets it), then restore numba's own setting for this thread."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        before = numba.get_num_threads()
+        most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), most)))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            numba.set_num_threads(before)
+
+    return wrapper
+
+
 def eligible(params: Sequence[Tensor]) -> bool:
     """Whether the compiled step applies: CPU, one float32/float64 dtype, contiguous, grads alike."""
     if not params:
@@ -447,6 +469,7 @@ def _histogram_bracket(
     return lo, hi, 0
 
 
+@_torch_threads
 def plan_step(
     params: Sequence[Tensor],
     lrs: Sequence[float],
@@ -469,6 +492,7 @@ def plan_step(
     return _plan(_operands(params, lrs), params[0].dtype, budget, previous, width)
 
 
+@_torch_threads
 def kth_largest_magnitude(x: Tensor, s: int) -> float | None:
     """The s-th largest |x_i| of a flat CPU float32/float64 vector, exactly (0 < s < len(x)).
 
@@ -582,6 +606,7 @@ def _next_width(width: float, source: str, t: float, previous: float | None, ins
     return min(max(width, _MIN_WIDTH), _MAX_WIDTH)
 
 
+@_torch_threads
 def write_step_(
     params: Sequence[Tensor], lrs: Sequence[float], plan: Plan, out: Tensor | None = None
 ) -> Tensor:
@@ -593,6 +618,7 @@ def write_step_(
     return _write_plan(_operands(params, lrs), params[0].dtype, plan, out)
 
 
+@_torch_threads
 def threshold_flat_(x: Tensor, s: int) -> Tensor | None:
     """H_s on a flat CPU float32/float64 vector, in place (0 < s < len(x)); returns the mask.
 
@@ -631,11 +657,13 @@ def _write_plan(operands: _Operands, dtype: torch.dtype, plan: Plan, out: Tensor
     return keep
 
 
+@_torch_threads
 def nonfinite_count(params: Sequence[Tensor], lrs: Sequence[float]) -> int:
     """How many entries of theta - lr * grad over the pool are inf or NaN (read only)."""
     return sum(int(_count_nonfinite(*ops)) for ops in _operands(params, lrs))
 
 
+@_torch_threads
 def masked_step_(params: Sequence[Tensor], lrs: Sequence[float], keep: Tensor) -> None:
     """theta <- (theta - lr * grad) on the flat mask ``keep``, 0 off it, in place."""
     zero = _typed(0.0, params[0].dtype)
