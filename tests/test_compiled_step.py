@@ -322,3 +322,13 @@ def test_kernels_follow_torch_thread_count_and_restore_numba_setting() -> None:
     finally:
         torch.set_num_threads(before_torch)
     assert torch.equal(results[0], results[1])
+
+
+def test_autograd_sees_the_in_place_write() -> None:
+    """As after torch.optim.SGD: a backward through a graph that saved the old values fails."""
+    w = nn.Parameter(torch.randn(300, 300))
+    loss = w.pow(2).sum()  # saves w for the backward
+    w.grad = torch.randn(300, 300)
+    iht.IHT([w], lr=0.1, sparsity=1000, kernel="compiled").step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

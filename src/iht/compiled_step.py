@@ -49,6 +49,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from numpy.typing import NDArray
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -615,7 +616,9 @@ def write_step_(
     ``out``, a flat bool tensor of the pool's size, receives the mask if given (reusing one
     buffer saves the page faults of a fresh allocation at every step).
     """
-    return _write_plan(_operands(params, lrs), params[0].dtype, plan, out)
+    keep = _write_plan(_operands(params, lrs), params[0].dtype, plan, out)
+    _mark_written(params)
+    return keep
 
 
 @_torch_threads
@@ -632,7 +635,9 @@ def threshold_flat_(x: Tensor, s: int) -> Tensor | None:
     plan = _plan(operands, x.dtype, s, None, START_WIDTH)
     if plan is None or plan.nonfinite:
         return None
-    return _write_plan(operands, x.dtype, plan, None)
+    keep = _write_plan(operands, x.dtype, plan, None)
+    _mark_written([x])
+    return keep
 
 
 def _write_plan(operands: _Operands, dtype: torch.dtype, plan: Plan, out: Tensor | None) -> Tensor:
@@ -673,3 +678,11 @@ def masked_step_(params: Sequence[Tensor], lrs: Sequence[float], keep: Tensor) -
         n = theta.shape[0]
         _masked_write(theta, grad, lr, zero, keep_np[offset : offset + n])
         offset += n
+    _mark_written(params)
+
+
+def _mark_written(tensors: Sequence[Tensor]) -> None:
+    """Bump the version counters, as torch's in-place ops do: the kernels write through NumPy
+    views, and autograd must still refuse a backward through a graph that saved the old values."""
+    for t in tensors:
+        increment_version(t)
