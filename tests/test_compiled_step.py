@@ -332,3 +332,45 @@ def test_autograd_sees_the_in_place_write() -> None:
     iht.IHT([w], lr=0.1, sparsity=1000, kernel="compiled").step()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 400), min_size=2, max_size=4),
+    seed=st.integers(0, 2**31 - 1),
+    every=st.integers(1, 3),
+    steps=st.integers(1, 5),
+    own_fraction=st.floats(0.05, 0.95),
+    global_fraction=st.floats(0.05, 0.95),
+    dtype=st.sampled_from(DTYPES),
+)
+def test_optimizer_compiled_equals_torch_property(
+    sizes: list[int],
+    seed: int,
+    every: int,
+    steps: int,
+    own_fraction: float,
+    global_fraction: float,
+    dtype: torch.dtype,
+) -> None:
+    """Any pools, budgets and re-selection period: the compiled step is the torch step, exactly."""
+    first = sizes[0]
+    rest = sum(sizes[1:])
+    own = max(1, min(first - 1, round(own_fraction * first))) if first > 1 else None
+    shared = max(1, min(rest - 1, round(global_fraction * rest))) if rest > 1 else None
+    outcomes = []
+    for kernel in ("compiled", "torch"):
+        params, _ = _pool(sizes, seed, dtype, top=6)
+        groups: list[dict[str, object]] = [{"params": params[1:]}]
+        if own is not None:
+            groups.append({"params": params[:1], "sparsity": own, "lr": 0.5})
+        else:
+            groups[0]["params"] = params
+        opt = iht.IHT(groups, lr=0.25, sparsity=shared, threshold_every=every, kernel=kernel)
+        for step in range(steps):
+            opt.step()
+            gen = torch.Generator().manual_seed(seed + step)
+            for p in params:
+                p.grad = _dyadic(tuple(p.shape), gen, dtype, 6)
+        outcomes.append(torch.cat([p.reshape(-1) for p in params]))
+    assert torch.equal(outcomes[0], outcomes[1])
