@@ -83,12 +83,12 @@ def _ddp_problem() -> tuple[nn.Module, Tensor, Tensor]:
     return model, X, y
 
 
-def _ddp_worker(rank: int, tmp: str) -> None:
+def _ddp_worker(rank: int, tmp: str, kernel: str) -> None:
     _init(rank, tmp)
     model, X, y = _ddp_problem()
     shard = slice(rank * N_ROWS // WORLD, (rank + 1) * N_ROWS // WORLD)  # equal shards
     ddp = DistributedDataParallel(model)
-    optimizer = iht.IHT(ddp.parameters(), lr=DDP_LR, sparsity=DDP_BUDGET)
+    optimizer = iht.IHT(ddp.parameters(), lr=DDP_LR, sparsity=DDP_BUDGET, kernel=kernel)
     first = next(iter(model.parameters()))
     params, masks, agree = [], [], []
     for _ in range(N_STEPS):
@@ -127,9 +127,9 @@ def _ddp_worker(rank: int, tmp: str) -> None:
     dist.destroy_process_group()
 
 
-def _single_process_run() -> tuple[Tensor, Tensor]:
+def _single_process_run(kernel: str) -> tuple[Tensor, Tensor]:
     model, X, y = _ddp_problem()
-    optimizer = iht.IHT(model.parameters(), lr=DDP_LR, sparsity=DDP_BUDGET)
+    optimizer = iht.IHT(model.parameters(), lr=DDP_LR, sparsity=DDP_BUDGET, kernel=kernel)
     first = next(iter(model.parameters()))
     params, masks = [], []
     for _ in range(N_STEPS):
@@ -141,8 +141,10 @@ def _single_process_run() -> tuple[Tensor, Tensor]:
     return torch.stack(params), torch.stack(masks)
 
 
-def test_ddp_ranks_hold_one_mask_and_match_the_full_batch_run(tmp_path: Path) -> None:
-    _launch(_ddp_worker, tmp_path)
+# "compiled": the compiled step (iht.compiled_step) must be as deterministic across replicas.
+@pytest.mark.parametrize("kernel", ["torch", "compiled"])
+def test_ddp_ranks_hold_one_mask_and_match_the_full_batch_run(tmp_path: Path, kernel: str) -> None:
+    _launch(_ddp_worker, tmp_path, kernel)
     out = torch.load(tmp_path / "ddp.pt")
     params, masks = out["params"], out["masks"]  # (steps, world, P)
     assert params.shape == (N_STEPS, WORLD, 66)
@@ -152,7 +154,7 @@ def test_ddp_ranks_hold_one_mask_and_match_the_full_batch_run(tmp_path: Path) ->
     assert out["agree"] == [True] * N_STEPS
     assert out["detects"]
     # Mean of equal-size shard means = the full-batch mean: the single-process trajectory.
-    ref_params, ref_masks = _single_process_run()
+    ref_params, ref_masks = _single_process_run(kernel)
     assert torch.equal(masks[:, 0], ref_masks)
     torch.testing.assert_close(params[:, 0], ref_params, rtol=0, atol=1e-10)
     assert ((params[:, 0] != 0).sum(dim=1) <= DDP_BUDGET).all()
