@@ -93,7 +93,7 @@ from .models import ACTIVATIONS, build_model, parse_hidden
 from .optim import IHT
 from .results import _atomic_write_bytes as atomic_write
 from .results import move_aside
-from .threshold import flatten, threshold_mask
+from .threshold import flatten, split_like, threshold_mask
 
 __all__ = [
     "METHODS",
@@ -445,11 +445,7 @@ def _gd(
 
 
 def _split_mask(mask: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
-    parts, offset = [], 0
-    for p in params:
-        parts.append(mask[offset : offset + p.numel()].view_as(p).to(p.dtype))
-        offset += p.numel()
-    return parts
+    return [part.to(p.dtype) for part, p in zip(split_like(mask, params), params, strict=True)]
 
 
 def _gmp(

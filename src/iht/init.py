@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from .threshold import check_sparsity
+from .threshold import check_sparsity, split_like
 
 __all__ = ["linear_init", "random_support", "reset_parameters_", "sparse_init_"]
 
@@ -49,11 +49,8 @@ def sparse_init_(
     tensors = list(params)
     size = sum(t.numel() for t in tensors)
     mask = random_support(size, s, generator=generator)
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.mul_(mask[offset : offset + n].view_as(t).to(device=t.device, dtype=t.dtype))
-        offset += n
+    for t, kept in zip(tensors, split_like(mask, tensors), strict=True):
+        t.mul_(kept.to(device=t.device, dtype=t.dtype))
     return mask
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "check_sparsity",
     "flatten",
     "hard_threshold",
+    "split_like",
     "threshold_mask",
     "unflatten_",
 ]
@@ -239,12 +240,21 @@ def flatten(tensors: Iterable[Tensor]) -> Tensor:
     return torch.cat(parts)
 
 
+def split_like(flat: Tensor, tensors: Iterable[Tensor]) -> list[Tensor]:
+    """Views of consecutive slices of ``flat``, shaped like ``tensors`` (inverse of flatten).
+
+    Raises:
+        ValueError: ``flat`` does not have exactly as many entries as the tensors together.
+    """
+    shapes = [t.shape for t in tensors]
+    sizes = [shape.numel() for shape in shapes]
+    if sum(sizes) != flat.numel():
+        raise ValueError(f"flat vector has {flat.numel()} entries, tensors take {sum(sizes)}")
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
+
+
 def unflatten_(flat: Tensor, tensors: Iterable[Tensor]) -> None:
     """Copy consecutive slices of ``flat`` into ``tensors`` in place (inverse of flatten)."""
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset : offset + n].view_as(t))
-        offset += n
-    if offset != flat.numel():
-        raise ValueError(f"flat vector has {flat.numel()} entries, tensors take {offset}")
+    tensors = list(tensors)
+    for t, part in zip(tensors, split_like(flat, tensors), strict=True):
+        t.copy_(part)
