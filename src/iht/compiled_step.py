@@ -435,14 +435,12 @@ def _fine_bracket(
         totals += _fine_counts(theta, grad, lr, edges, counts)
         per_tensor.append(counts)
     totals, bad = totals[:9], int(totals[9])
-    # totals[k] = #{|x| >= edges[k]} falls with k; t is in [edges[k], edges[k + 1]) when
-    # totals[k + 1] < s <= totals[k].
-    k = int(np.searchsorted(-totals, -budget, side="right")) - 1
-    k = min(max(k, 0), 7) if totals[8] < budget <= totals[0] else -1
-    if k < 0:
-        lo_k, hi_k = 0, 8
-    else:
-        lo_k, hi_k = k, k + 1
+    lo_k, hi_k = 0, 8
+    if totals[8] < budget <= totals[0]:
+        # totals[k] = #{|x| >= edges[k]} falls with k; t is in [edges[k], edges[k + 1]) for
+        # the last k with totals[k] >= s.
+        lo_k = int(np.searchsorted(-totals, -budget, side="right")) - 1
+        hi_k = lo_k + 1
     bands = [np.ascontiguousarray(c[:, lo_k] - c[:, hi_k]) for c in per_tensor]
     inside = int(totals[lo_k] - totals[hi_k])
     return edges[lo_k], edges[hi_k], inside, int(totals[hi_k]), bad, bands
@@ -617,7 +615,7 @@ def write_step_(
     buffer saves the page faults of a fresh allocation at every step).
     """
     keep = _write_plan(_operands(params, lrs), params[0].dtype, plan, out)
-    _mark_written(params)
+    _mark_written([*params, keep])
     return keep
 
 
@@ -641,20 +639,17 @@ def threshold_flat_(x: Tensor, s: int) -> Tensor | None:
 
 
 def _write_plan(operands: _Operands, dtype: torch.dtype, plan: Plan, out: Tensor | None) -> Tensor:
-    size = sum(theta.shape[0] for theta, _, _ in operands)
+    size = int(_starts(operands)[-1])
     if out is not None and out.dtype == torch.bool and out.shape == (size,) and out.is_contiguous():
         keep = out
     else:
         keep = torch.empty(size, dtype=torch.bool)
     keep_np = keep.numpy()
     t, zero = _typed(plan.threshold, dtype), _typed(0.0, dtype)
-    offset = 0
-    for theta, grad, lr in operands:
-        n = theta.shape[0]
-        _write(theta, grad, lr, t, zero, keep_np[offset : offset + n])
-        offset += n
+    starts = _starts(operands)
+    for (theta, grad, lr), kept in zip(operands, np.split(keep_np, starts[1:-1]), strict=True):
+        _write(theta, grad, lr, t, zero, kept)
     if plan.drop.size:
-        starts = np.cumsum([0] + [theta.shape[0] for theta, _, _ in operands])
         owner = np.searchsorted(starts, plan.drop, side="right") - 1
         for k, (theta, _, _) in enumerate(operands):
             theta[plan.drop[owner == k] - starts[k]] = 0
@@ -672,17 +667,21 @@ def nonfinite_count(params: Sequence[Tensor], lrs: Sequence[float]) -> int:
 def masked_step_(params: Sequence[Tensor], lrs: Sequence[float], keep: Tensor) -> None:
     """theta <- (theta - lr * grad) on the flat mask ``keep``, 0 off it, in place."""
     zero = _typed(0.0, params[0].dtype)
-    keep_np = keep.numpy()
-    offset = 0
-    for theta, grad, lr in _operands(params, lrs):
-        n = theta.shape[0]
-        _masked_write(theta, grad, lr, zero, keep_np[offset : offset + n])
-        offset += n
+    operands = _operands(params, lrs)
+    pieces = np.split(keep.numpy(), _starts(operands)[1:-1])
+    for (theta, grad, lr), kept in zip(operands, pieces, strict=True):
+        _masked_write(theta, grad, lr, zero, kept)
     _mark_written(params)
+
+
+def _starts(operands: _Operands) -> NDArray[np.int64]:
+    """Flat offset of each operand in the pool, then the pool's size."""
+    return np.cumsum([0] + [theta.shape[0] for theta, _, _ in operands])
 
 
 def _mark_written(tensors: Sequence[Tensor]) -> None:
     """Bump the version counters, as torch's in-place ops do: the kernels write through NumPy
-    views, and autograd must still refuse a backward through a graph that saved the old values."""
+    views, and autograd must still refuse a backward through a graph that saved the old values
+    (and a cache keyed on a mask's version must see the mask change)."""
     for t in tensors:
         increment_version(t)

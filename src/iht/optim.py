@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from . import compiled_step
 from .errors import NonFiniteError
-from .threshold import _mask_unchecked, check_sparsity, flatten, hard_threshold
+from .threshold import _mask_unchecked, check_sparsity, flatten, hard_threshold, split_like
 
 __all__ = ["IHT", "iht_update"]
 
@@ -230,10 +230,8 @@ class IHT(Optimizer):
             self._raise_nonfinite(members)
 
         def write() -> None:
-            # The stored mask is overwritten in place (clone it to keep an old support), so
-            # the torch path's cached complement of it is stale.
+            # The stored mask is overwritten in place (clone it to keep an old support).
             mask = compiled_step.write_step_(params, lrs, plan, out=state.get("mask"))
-            self.__dict__.get("_dropped_cache", {}).pop(id(params[0]), None)
             state["threshold"] = plan.threshold
             state["bracket_width"] = plan.width
             self._count_step(state, mask)
@@ -286,21 +284,25 @@ class IHT(Optimizer):
             p.add_(cast(Tensor, p.grad), alpha=-lr)
         if budget is None:
             return
-        mask = self._dropped(params, budget)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.masked_fill_(mask[offset : offset + n].view_as(p), 0.0)
-            offset += n
+        for p, dropped in zip(
+            params, split_like(self._dropped(params, budget), params), strict=True
+        ):
+            p.masked_fill_(dropped, 0.0)
 
     def _dropped(self, params: list[Tensor], budget: int) -> Tensor:
-        """The complement of :meth:`_support`, computed once per selection (no copy per step)."""
+        """The complement of :meth:`_support`, computed once per selection (no copy per step).
+
+        The cache is keyed on the mask's version counter too: the compiled step (and anyone
+        editing ``state["mask"]``) changes the mask in place.
+        """
         kept = self._support(params, budget)
-        cache: dict[int, tuple[Tensor, Tensor]] = self.__dict__.setdefault("_dropped_cache", {})
+        cache: dict[int, tuple[Tensor, int, Tensor]] = self.__dict__.setdefault(
+            "_dropped_cache", {}
+        )
         cached = cache.get(id(params[0]))
-        if cached is None or cached[0] is not kept:
-            cached = cache[id(params[0])] = (kept, ~kept)
-        return cached[1]
+        if cached is None or cached[0] is not kept or cached[1] != kept._version:
+            cached = cache[id(params[0])] = (kept, kept._version, ~kept)
+        return cached[2]
 
     def _support(self, params: list[Tensor], budget: int) -> Tensor:
         """The mask to apply: H_s's choice on re-selection steps, else the stored one.
