@@ -11,23 +11,13 @@ ratios, including where sparse is slower.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import best_of
 from torch import nn
 
 import iht
 from iht.export import sparsify_linear_layers
-
-
-def best_of(fn, repeats: int = 10) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 @torch.no_grad()

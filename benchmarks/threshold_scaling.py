@@ -12,22 +12,11 @@ Prints milliseconds per call (best of a few) and each way's time relative to `to
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
+from timing import best_of
 
 from iht import compiled_step, hard_threshold
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
