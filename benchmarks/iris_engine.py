@@ -16,7 +16,10 @@ import time
 
 import torch
 
-from iht.study import Chunk, StudyConfig, run_chunk, run_one_faithful, run_seeds
+from iht.study.chunks import Chunk, run_chunk
+from iht.study.config import StudyConfig
+from iht.study.faithful import run_one_faithful
+from iht.study.seeds import run_seeds
 
 
 def main() -> None:

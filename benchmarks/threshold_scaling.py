@@ -4,7 +4,7 @@
 
 Each way finds the s-th largest magnitude t of float32 entries (the rest of H_s, a comparison
 and a select, is common to all and timed separately); "compiled" is the library's histogram
-selection (`iht.compiled_step.kth_largest_magnitude`), and the library's `hard_threshold`
+selection (`iht._kernels.iht_step.kth_largest_magnitude`), and the library's `hard_threshold`
 (which uses it from 2^20 entries on the CPU) is timed end to end.
 Prints milliseconds per call (best of a few) and each way's time relative to `topk`.
 """
@@ -16,7 +16,8 @@ import argparse
 import torch
 from timing import best_of
 
-from iht import compiled_step, hard_threshold
+from iht import hard_threshold
+from iht._kernels import iht_step as compiled_step
 
 
 def main() -> None:

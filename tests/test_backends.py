@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from iht.cli import main
-from iht.results import ResultStore
-from iht.runner import run_study
-from iht.study import StudyConfig, plan_chunks
+from iht.study.chunks import plan_chunks
+from iht.study.config import StudyConfig
+from iht.study.runner import run_study
+from iht.study.store import ResultStore
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(
@@ -71,9 +72,9 @@ def test_the_local_backend_never_imports_ray(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
-        import iht, iht.backends, iht.cli, iht.report
-        from iht.runner import run_study
-        from iht.study import StudyConfig
+        import iht, iht.study.backends, iht.cli, iht.report.study
+        from iht.study.runner import run_study
+        from iht.study.config import StudyConfig
         config = StudyConfig(runs=1, levels=(3,), max_steps=5, n_monte=2, engine="torch")
         run_study(config, {str(tmp_path)!r}, progress=False)
         assert "ray" not in sys.modules, "ray was imported"

@@ -15,22 +15,14 @@ from torch.nn.utils import prune
 
 import iht
 from iht import data as data_module
+from iht.baselines import gmp_plan, gmp_sparsity, prune_global_
+from iht.budget import parse_sparsity_list as parse_sparsity
 from iht.cli import cli, main
-from iht.compare import (
-    METHODS,
-    SPARSE_METHODS,
-    CompareConfig,
-    compare_command,
-    format_table,
-    gmp_plan,
-    gmp_sparsity,
-    parse_methods,
-    parse_sparsity,
-    prune_global_,
-    run_compare,
-    summarise,
-    torch_threads,
-)
+from iht.cli.compare import compare_command
+from iht.experiments.compare import run_compare
+from iht.experiments.config import METHODS, SPARSE_METHODS, CompareConfig, parse_methods
+from iht.experiments.threads import torch_threads
+from iht.report.compare import format_table, summarise
 
 assert cli.commands["compare"] is compare_command  # registered by iht.cli
 
@@ -47,7 +39,7 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def iris_runs() -> pd.DataFrame:
     config = CompareConfig(data="iris", sparsity=(1, 5, 15), seeds=2, steps=STEPS, n_monte=N_MONTE)
-    return run_compare(config, progress=False)
+    return run_compare(config, progress=False).frame
 
 
 # -- budgets ----------------------------------------------------------------------------
@@ -65,7 +57,7 @@ def test_budget_holds_for_an_mlp_and_a_strong_l1_penalty() -> None:
     config = CompareConfig(
         data="iris", sparsity=(3, 40), hidden=(6,), seeds=1, l1=50.0, steps=STEPS, n_monte=N_MONTE
     )
-    frame = run_compare(config, progress=False)
+    frame = run_compare(config, progress=False).frame
     assert set(frame["n_params"]) == {4 * 6 + 6 + 6 * 3 + 3}
     sparse = frame[frame["method"].isin(SPARSE_METHODS)]
     assert (sparse["nonzeros"] <= sparse["sparsity"]).all()
@@ -82,7 +74,7 @@ def test_equal_gradient_budgets_are_counted(iris_runs: pd.DataFrame) -> None:
 
 def test_odd_steps_and_lr_override() -> None:
     config = CompareConfig(data="iris", sparsity=(4,), seeds=1, steps=7, lr=0.3, n_monte=2)
-    frame = run_compare(config, progress=False)
+    frame = run_compare(config, progress=False).frame
     assert (frame["grad_evals"] == 7).all()
     assert (frame["lr"] == 0.3).all()
     assert (frame["estimate_grad_evals"] == 0).all()
@@ -183,7 +175,7 @@ def test_parse_sparsity() -> None:
         ("16", "1..15"),
         ("-2", "1..15"),
         ("1.5", "(0, 1]"),
-        ("0%", "(0, 1]"),
+        ("0%", "(0%, 100%]"),
         ("five", "not a count"),
         ("5-3", "empty"),
         ("", "not a count"),
@@ -236,7 +228,8 @@ def test_cli_writes_results_config_and_report(
     assert set(counts.index) == {(m, s) for m in METHODS for s in (2, 5)}
     assert (counts == 2).all()
     config = json.loads((out / "config.json").read_text())
-    assert config["sparsity"] == [2, 5] and config["n_params"] == 15
+    assert config["config"]["sparsity"] == "2,5" and config["levels"] == [2, 5]
+    assert config["n_params"] == 15 and config["command"] == "iht compare"
     assert config["gmp_plan"] == {"t0": 5, "dt": 1, "n": 15}
     page = (out / "compare.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page
@@ -260,15 +253,15 @@ def test_cli_writes_results_config_and_report(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--sparsity", "0"], "sparsity must be in 1..15"),
-        (["--sparsity", "16"], "sparsity must be in 1..15"),
+        (["--sparsity", "0"], "sparsity 0 is out of range: a count of nonzeros must be in 1..15"),
+        (["--sparsity", "16"], "must be in 1..15"),
         (["--sparsity", "3", "--hidden", "5", "--sparsity", "99"], "1..43"),
         (["--sparsity", "3", "--methods", "iht,magic"], "unknown method 'magic'"),
         (["--sparsity", "3", "--data", "mnist"], "mnist"),
-        (["--sparsity", "3", "--steps", "1"], "steps must be >= 2"),
-        (["--sparsity", "3", "--lr", "-1"], "--lr must be a positive"),
+        (["--sparsity", "3", "--steps", "1"], "'--steps': 1 is not in the range x>=2"),
+        (["--sparsity", "3", "--lr", "-1"], "'--lr': '-1' is not 'auto' or a positive number"),
         (["--sparsity", "x"], "not a count"),
-        (["--sparsity", "3", "--threads", "-1"], "--threads must be >= 0"),
+        (["--sparsity", "3", "--threads", "-1"], "'--threads': -1 is not in the range x>=0"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(

@@ -96,7 +96,7 @@ def _ddp_worker(rank: int, tmp: str, kernel: str) -> None:
         nn.functional.cross_entropy(ddp(X[shard]), y[shard]).backward()
         optimizer.step()
         flat = flatten(p.detach() for p in model.parameters())
-        mask = optimizer.state[first]["mask"]
+        mask = optimizer.pool_states["global"].mask
         flat_all = [torch.empty_like(flat) for _ in range(WORLD)]
         mask_all = [torch.empty_like(mask) for _ in range(WORLD)]
         dist.all_gather(flat_all, flat)
@@ -130,18 +130,17 @@ def _ddp_worker(rank: int, tmp: str, kernel: str) -> None:
 def _single_process_run(kernel: str) -> tuple[Tensor, Tensor]:
     model, X, y = _ddp_problem()
     optimizer = iht.IHT(model.parameters(), lr=DDP_LR, sparsity=DDP_BUDGET, kernel=kernel)
-    first = next(iter(model.parameters()))
     params, masks = [], []
     for _ in range(N_STEPS):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(X), y).backward()  # the full batch
         optimizer.step()
         params.append(flatten(p.detach() for p in model.parameters()))
-        masks.append(optimizer.state[first]["mask"].clone())
+        masks.append(optimizer.pool_states["global"].mask.clone())
     return torch.stack(params), torch.stack(masks)
 
 
-# "compiled": the compiled step (iht.compiled_step) must be as deterministic across replicas.
+# "compiled": the compiled step (iht._kernels.iht_step) must be as deterministic across replicas.
 @pytest.mark.parametrize("kernel", ["torch", "compiled"])
 def test_ddp_ranks_hold_one_mask_and_match_the_full_batch_run(tmp_path: Path, kernel: str) -> None:
     _launch(_ddp_worker, tmp_path, kernel)
@@ -323,14 +322,14 @@ def test_sharded_iht_steps_equal_single_process_steps(sharded: list[dict[str, An
 
 
 EXPECTED_ERRORS = {
-    "s differs": ("ValueError", "same on every rank"),
-    "overlap": ("ValueError", "tile"),
-    "gap": ("ValueError", "tile"),
-    "s > P": ("ValueError", "0..1000"),
-    "s float": ("TypeError", "integer"),
-    "nan": ("ValueError", "rank(s) [1] hold NaN"),
-    "dtype": ("TypeError", "one dtype"),
-    "2-D": ("ValueError", "1-D"),
+    "s differs": ("InvalidValueError", "same on every rank"),
+    "overlap": ("InvalidValueError", "tile"),
+    "gap": ("InvalidValueError", "tile"),
+    "s > P": ("InvalidValueError", "0..1000"),
+    "s float": ("InvalidTypeError", "integer"),
+    "nan": ("InvalidValueError", "rank(s) [1] hold NaN"),
+    "dtype": ("InvalidTypeError", "one dtype"),
+    "2-D": ("InvalidValueError", "1-D"),
     "non-finite step": ("NonFiniteError", "rank(s) [0]"),
 }
 

@@ -13,17 +13,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-import iht.backends
-import iht.runner
+import iht.study.backends
+import iht.study.runner
 from iht.cli import main
-from iht.results import ResultStore
-from iht.runner import run_study
-from iht.study import StudyConfig, plan_chunks
+from iht.study.chunks import plan_chunks
+from iht.study.config import StudyConfig
+from iht.study.runner import run_study
+from iht.study.store import ResultStore
 
 # 17 parts of about 0.5 s each here, after ~7 s of start-up (imports, compiling the kernel):
 # an uninterrupted run of the command takes ~15 s.
@@ -60,28 +62,41 @@ def _copy(reference: Path, target: Path) -> Path:
     return target
 
 
+def _kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool]) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; False when it finished first.
+
+    Decided from what is on disk, polled every millisecond, never from a sleep: on a fast
+    machine as on a slow one the kill lands at the same point of the study.
+    """
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return True
+        time.sleep(0.001)
+    proc.communicate()
+    return False
+
+
 def test_kill_9_at_random_moments_then_finish(reference: Path, tmp_path: Path) -> None:
     rng = random.Random(20240428)
     out = tmp_path / "killed"
     kills = []
-    # First kill: a random moment of the start-up (imports, config.json, compiling). Then two
-    # kills a random moment after a new part landed: mid-chunk, possibly mid-write.
+    # Three kills, each decided from the store on disk: once the config is written and the
+    # first chunk is computing; while a part is being written (its temporary file exists) or
+    # the moment after it landed; after one or two more parts landed, mid-chunk.
     for attempt in range(3):
-        before = _parts(out)
+        before = len(_parts(out))
+        target = before + rng.randint(1, 2)
+        conditions: list[Callable[[], bool]] = [
+            lambda: (out / "config.json").exists(),
+            lambda: any((out / "parts").glob(".*.tmp")) or len(_parts(out)) > before,  # noqa: B023
+            lambda: len(_parts(out)) >= target,  # noqa: B023
+        ]
         proc = subprocess.Popen(_command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        if attempt == 0:
-            time.sleep(rng.uniform(0.5, 4.0))
-        else:
-            while proc.poll() is None and time.monotonic() < deadline:
-                if len(_parts(out)) > len(before):
-                    break
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.6))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+        if _kill_when(proc, conditions[attempt]):
             kills.append(len(_parts(out)))
-        proc.communicate()
     assert len(kills) == 3, f"the study finished before it could be killed ({kills})"
     assert 0 < len(_parts(out)) < N_PARTS
 
@@ -139,8 +154,8 @@ def _no_computation(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("a chunk was computed")
 
-    monkeypatch.setattr(iht.runner, "run_chunk", fail)
-    monkeypatch.setattr(iht.backends, "run_chunk", fail)
+    monkeypatch.setattr(iht.study.runner, "run_chunk", fail)
+    monkeypatch.setattr(iht.study.backends, "run_chunk", fail)
 
 
 def _unwritable(way: str, tmp_path: Path) -> Path:

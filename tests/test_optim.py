@@ -241,11 +241,11 @@ def test_threshold_every_reselects_only_on_schedule() -> None:
     assert all(t % 3 == 0 for t in moved), moved
 
 
-def test_parameters_without_grad_are_left_alone() -> None:
+def test_frozen_parameters_are_in_no_pool_and_unused_ones_count() -> None:
     X, Y = _regression_data(seed=9)
     model = nn.Linear(3, 2).to(F64)
     _fill_(model, 10)
-    unused = nn.Parameter(torch.tensor([1.0, -2.0, 3.0, 4.0], dtype=F64))
+    unused = nn.Parameter(torch.tensor([0.0, -2.0, 0.0, 0.0], dtype=F64))  # in no forward pass
     frozen = nn.Parameter(torch.tensor([5.0, 6.0], dtype=F64), requires_grad=False)
     opt = iht.IHT([*model.parameters(), unused, frozen], lr=0.1, sparsity=3)
     for _ in range(5):
@@ -253,14 +253,56 @@ def test_parameters_without_grad_are_left_alone() -> None:
         nn.functional.mse_loss(model(X), Y).backward()
         opt.step()
         assert unused.grad is None
-        assert unused.tolist() == [1.0, -2.0, 3.0, 4.0]
-        assert frozen.tolist() == [5.0, 6.0]
-        # The budget is spent on the parameters that have a gradient only.
-        assert _nonzeros(list(model.parameters())) == 3
+        # Not moved by a gradient step, but inside H_s: its -2 is the largest magnitude.
+        assert unused.tolist() == [0.0, -2.0, 0.0, 0.0]
+        assert frozen.tolist() == [5.0, 6.0]  # frozen: never moved, never counted
+        assert _nonzeros([*model.parameters(), unused]) == 3
     before = [p.detach().clone() for p in model.parameters()]
     opt.zero_grad()  # every grad is None now: step() is a no-op
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("kernel", ["torch", "compiled"])
+def test_budget_holds_when_a_parameter_has_no_gradient(kernel: str) -> None:
+    """The issue's case: a = [3, 1], b = [2, 5], s = 2; a zero-gradient step, then a step in
+    which only b has a gradient. The pool must end with 2 nonzeros, H_2 of the whole pool."""
+    a = torch.tensor([3.0, 1.0], requires_grad=True)
+    b = torch.tensor([2.0, 5.0], requires_grad=True)
+    opt = iht.IHT([a, b], lr=0.1, sparsity=2, kernel=kernel)
+    a.grad, b.grad = torch.zeros(2), torch.zeros(2)
+    opt.step()
+    assert a.tolist() == [3.0, 0.0] and b.tolist() == [0.0, 5.0]
+    a.grad, b.grad = None, torch.tensor([-10.0, 0.0])
+    opt.step()  # b -> [1, 5]; H_2 over [3, 0, 1, 5] keeps 5 and 3
+    assert a.tolist() == [3.0, 0.0] and b.tolist() == [0.0, 5.0]
+    assert _nonzeros([a, b]) == 2
+    assert opt.pool_states["global"].step == 2
+    # An entry of a gradient-less parameter is dropped when others outgrow it.
+    b.grad = torch.tensor([-40.0, 0.0])
+    opt.step()  # b -> [4, 5]; H_2 over [3, 0, 4, 5] drops a's 3
+    assert a.tolist() == [0.0, 0.0] and b.tolist() == [4.0, 5.0]
+
+
+@pytest.mark.parametrize("kernel", ["torch", "compiled"])
+def test_threshold_every_counts_steps_without_a_gradient_on_the_first_parameter(
+    kernel: str,
+) -> None:
+    """The re-selection phase is the pool's, not its first parameter's: it must not restart
+    when that parameter has no gradient on a step."""
+    a = torch.tensor([3.0, 1.0], requires_grad=True)
+    b = torch.tensor([2.0, 5.0, 0.5], requires_grad=True)
+    opt = iht.IHT([a, b], lr=1.0, sparsity=2, threshold_every=3, kernel=kernel)
+    a.grad, b.grad = torch.zeros(2), torch.zeros(3)
+    opt.step()  # step 0 selects {a0, b1}
+    for step in (1, 2):
+        a.grad, b.grad = None, torch.tensor([0.0, 0.0, -10.0])  # b2 would grow to 10.5
+        opt.step()  # masked steps: b2 stays out
+        assert b[2].item() == 0.0, step
+    assert opt.pool_states["global"].step == 3
+    a.grad, b.grad = None, torch.tensor([0.0, 0.0, -10.0])
+    opt.step()  # step 3 re-selects: b2 = 10 enters, a0 = 3 leaves
+    assert a.tolist() == [0.0, 0.0] and b.tolist() == [0.0, 5.0, 10.0]
 
 
 # --------------------------------------------------------------------------- state dict

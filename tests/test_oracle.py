@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,28 +17,30 @@ from scipy.special import logsumexp
 from torch import nn
 
 import iht
-from iht.cli import cli, main
+from iht.cli import main
 from iht.data import load_builtin, random_split, standardise
 from iht.oracle import (
     ATTAINED,
-    ORACLE_FILE,
     PARTLY_SEPARABLE,
     SEPARABLE,
-    _Problem,
+    SupportProblem,
     _separating_pairs,
     all_supports,
-    comparison_table,
-    oracle,
-    oracle_command,
     solve_all_supports,
     solve_supports,
 )
-from iht.report import FIGURE_NAMES, write_report
-from iht.runner import run_study
-from iht.study import StudyConfig
+from iht.oracle import oracle as oracle_rows
+from iht.report.study import write_study_report as write_report
+from iht.report.study_figures import FIGURE_NAMES
+from iht.study.config import StudyConfig
+from iht.study.oracle import ORACLE_FILE, comparison_table
+from iht.study.runner import run_study
 
-if "oracle" not in cli.commands:
-    cli.add_command(oracle_command)
+
+def oracle(X: np.ndarray, y: np.ndarray, levels: list[int], **kwargs: Any) -> pd.DataFrame:
+    """The solver's rows as a table."""
+    return pd.DataFrame(oracle_rows(X, y, levels, **kwargs))
+
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -120,7 +123,7 @@ def test_oracle_is_the_best_support() -> None:
 def test_loss_gradient_hessian_match_autograd() -> None:
     """The closed form in the layout of nn.Linear(d, C).parameters(), against torch."""
     X, y = overlapping(30, 3, 3, seed=0)
-    problem = _Problem.build(X, y, None)
+    problem = SupportProblem.build(X, y, None)
     rng = np.random.default_rng(1)
     sup = np.array([[0, 2, 5, 8, 9, 11], [1, 3, 4, 6, 7, 10]])
     theta = rng.normal(size=(2, 6))
@@ -186,7 +189,7 @@ def test_partly_separable_infimum() -> None:
     sol = solve_supports(X, y, [list(range(9))])
     assert sol.status[0] == PARTLY_SEPARABLE and not sol.attained[0]
     # T: every pair of a class-0 point, and the pair (class 1 or 2 point, class 0).
-    problem = _Problem.build(X, y, None)
+    problem = SupportProblem.build(X, y, None)
     pi, pc = problem.pair_index[:, 0], problem.pair_index[:, 1]
     expected_t = (y[pi] == 0) | (pc == 0)
     np.testing.assert_array_equal(sol.separated_pairs[0], expected_t)
@@ -216,7 +219,7 @@ def test_certificates_agree_with_the_lp_on_iris() -> None:
     X, y = standardise(data.X, train)[train], data.y[train]
     sol = solve_all_supports(X, y, 3)
     assert set(sol.status) == {ATTAINED, PARTLY_SEPARABLE}
-    problem = _Problem.build(X, y, None)
+    problem = SupportProblem.build(X, y, None)
     for support, t_set in zip(sol.supports, sol.separated_pairs, strict=True):
         np.testing.assert_array_equal(_separating_pairs(problem, support), t_set)
     # The levels of the oracle (seeded by the subsets) agree with solving each level alone.

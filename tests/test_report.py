@@ -12,19 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iht.report import (
-    FIGURE_NAMES,
-    Claim,
-    _as_grid,
-    evaluate_claims,
-    format_summary,
-    summary_table,
-    support_table,
-    write_report,
-)
-from iht.results import ResultStore, StoreError
-from iht.runner import run_study
-from iht.study import StudyConfig
+from iht.errors import StoreError
+from iht.report.claims import Claim, evaluate_claims
+from iht.report.study import write_study_report as write_report
+from iht.report.study_figures import FIGURE_NAMES, _as_grid
+from iht.report.study_tables import format_summary, summary_table, support_table
+from iht.study.config import StudyConfig
+from iht.study.runner import run_study
+from iht.study.store import ResultStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMG_TAG = '<img src="data:image/png;base64,'

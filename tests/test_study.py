@@ -17,17 +17,19 @@ import pytest
 import torch
 
 from iht.cli import main
-from iht.results import ResultStore, StoreError
-from iht.runner import run_study
-from iht.study import (
-    DENSE,
-    P,
-    StudyConfig,
-    plan_chunks,
-    run_chunk,
-    run_one_faithful,
-    run_seeds,
-)
+from iht.errors import StoreError
+from iht.study.chunks import Chunk, plan_chunks, run_chunk
+from iht.study.config import DENSE, P, StudyConfig
+from iht.study.faithful import run_one_faithful
+from iht.study.runner import run_study
+from iht.study.seeds import run_seeds
+from iht.study.store import ResultStore
+
+
+def chunk_rows(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """A chunk's runs as dicts (the stored rows)."""
+    return [row.to_dict() for row in run_chunk(*args, **kwargs)]
+
 
 
 def assert_rows_equal(row: dict[str, Any], ref: dict[str, Any], tol: float) -> None:
@@ -57,14 +59,14 @@ def test_engine_equals_faithful_single_runs_float64(engine: str) -> None:
         engine=engine,
     )
     chunks = plan_chunks(config)
-    dense_rows = run_chunk(config, chunks[0])
+    dense_rows = chunk_rows(config, chunks[0])
     dense_loss = {r["index"]: r["train_loss"] for r in dense_rows}
     # at least one dense run must stop by the tolerance for the stopping path to be tested
     checked_reached = False
     for chunk in chunks:
-        rows = dense_rows if chunk.kind == DENSE else run_chunk(config, chunk, dense_loss)
+        rows = dense_rows if chunk.kind == DENSE else chunk_rows(config, chunk, dense_loss)
         for row, spec in zip(rows, chunk.specs(config), strict=True):
-            ref = run_one_faithful(config, spec, dense_loss.get(spec.index, float("nan")))
+            ref = run_one_faithful(config, spec, dense_loss.get(spec.index, float("nan"))).to_dict()
             assert_rows_equal(row, ref, tol=1e-10)
             checked_reached |= row["reached_tol"] and row["steps"] < config.max_steps
     assert checked_reached
@@ -79,10 +81,8 @@ def test_seeds_are_derived_and_recreate_a_run_alone() -> None:
     assert a != run_seeds(StudyConfig(seed=1, runs=4, levels=(3,)), "iht", 3, 2)
     # a run computed inside its chunk equals the same run computed alone
     chunk = next(c for c in plan_chunks(config) if c.sparsity == 3 and 3 in c.indices)
-    together = run_chunk(config, chunk)
-    from iht.study import Chunk
-
-    alone = run_chunk(config, Chunk("x", "iht", 3, (3,)))
+    together = chunk_rows(config, chunk)
+    alone = chunk_rows(config, Chunk("x", "iht", 3, (3,)))
     assert_rows_equal(together[chunk.indices.index(3)], alone[0], tol=1e-6)
 
 
@@ -95,8 +95,8 @@ def test_float32_and_float64_studies_agree() -> None:
     common = dict(runs=4, chunk_runs=4, max_steps=2000, n_monte=30, levels=(2, 6, 13))
     c32, c64 = StudyConfig(dtype="float32", **common), StudyConfig(dtype="float64", **common)
     for chunk in plan_chunks(c32)[:-1]:
-        rows32 = run_chunk(c32, chunk, {})
-        rows64 = run_chunk(c64, chunk, {})
+        rows32 = chunk_rows(c32, chunk, {})
+        rows64 = chunk_rows(c64, chunk, {})
         for a, b in zip(rows32, rows64, strict=True):
             assert a["l_hat"] == pytest.approx(b["l_hat"], rel=1e-3)
             assert a["support"] == b["support"]
@@ -242,7 +242,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(
 def test_engine_stops_runs_independently() -> None:
     """Runs that reach the tolerance freeze at once while others continue."""
     config = StudyConfig(runs=6, chunk_runs=6, max_steps=3000, n_monte=10, dtype="float64")
-    rows = run_chunk(config, plan_chunks(config)[0])
+    rows = chunk_rows(config, plan_chunks(config)[0])
     steps = [r["steps"] for r in rows]
     assert min(steps) < max(steps)
     for r in rows:

@@ -17,15 +17,26 @@ epsilon-optimality (eq. 3): f(theta_s) <= f(theta_dense) + epsilon.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .threshold import _mask_unchecked, boundary_tie, check_sparsity, flatten
+from .budget import Budget
+from .errors import InvalidValueError
+from .threshold import boundary_tie, check_sparsity, flatten, top_s_mask
 
-__all__ = ["DEFAULT_GRAD_TOL", "Certificate", "certify", "certify_point", "stability_figures"]
+__all__ = [
+    "DEFAULT_GRAD_TOL",
+    "Certificate",
+    "certify",
+    "certify_budget",
+    "certify_point",
+    "instability_reasons",
+    "stability_figures",
+]
 
 #: Default tolerance on |grad f| for calling a gradient zero.
 DEFAULT_GRAD_TOL = 1e-3
@@ -97,7 +108,7 @@ def stability_figures(
     # An empty support has no smallest entry: nothing protects it, the ratio is infinite.
     ratio = torch.where(support.any(dim=-1), ratio, torch.full_like(ratio, math.inf))
     candidate = theta - lr_col * grad
-    stepped = torch.where(_mask_unchecked(candidate, sparsity), candidate, zero)
+    stepped = torch.where(top_s_mask(candidate, sparsity), candidate, zero)
     residual = (theta - stepped).norm(dim=-1)
     tie = boundary_tie(candidate, sparsity)
     nonzeros = support.sum(dim=-1)
@@ -141,7 +152,7 @@ def certify_point(
         epsilon_tol: the epsilon of eq. (3) to check against.
     """
     if theta.dim() != 1 or theta.shape != grad.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"theta and grad must be flat and of one shape, got {tuple(theta.shape)} and {tuple(grad.shape)}"
         )
     s = theta.numel() if sparsity is None else check_sparsity(sparsity, theta.numel())
@@ -207,3 +218,106 @@ def certify(
         dense_loss=dense_loss,
         epsilon_tol=epsilon_tol,
     )
+
+
+def certify_budget(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module], Tensor],
+    *,
+    lr: float,
+    budget: Budget,
+    grad_tol: float = DEFAULT_GRAD_TOL,
+    dense_loss: float | None = None,
+) -> dict[str, Any]:
+    """HT-stability of the model's point under ``budget`` (and epsilon given a dense loss).
+
+    With one pool this is exactly :func:`iht.certify`'s :class:`~iht.Certificate` as a dict.
+    With several pools (per-layer budgets, dense biases) each pool is certified with its
+    own budget (:func:`iht.certify_point`: the IHT map acts on each pool separately) and
+    listed under ``"pools"``; the top level combines them: ``stable`` and ``tie`` over all
+    pools, the largest ``max_grad_on_support``, ``max_grad_off_support`` and
+    ``off_support_ratio``, the residual of the whole vector (root of the sum of squares),
+    ``nonzeros`` and ``sparsity`` summed over the budgeted pools.
+    """
+    if len(budget.pools) == 1:
+        cert = certify(
+            model,
+            loss_fn,
+            lr=lr,
+            sparsity=budget.sparsity,
+            grad_tol=grad_tol,
+            dense_loss=dense_loss,
+        )
+        return asdict(cert)
+    named = dict(model.named_parameters())
+    params = [named[n] for pool in budget.pools for n in pool.params]
+    loss = loss_fn(model)
+    grads = dict(
+        zip(
+            (n for pool in budget.pools for n in pool.params),
+            torch.autograd.grad(loss, params, allow_unused=True),
+            strict=True,
+        )
+    )
+    loss_value = float(loss.detach())
+    pools = []
+    for pool in budget.pools:
+        theta = flatten(named[n].detach() for n in pool.params)
+        grad = flatten(
+            torch.zeros_like(named[n]) if grads[n] is None else grads[n] for n in pool.params
+        )
+        figures = asdict(
+            certify_point(theta, grad, lr=lr, sparsity=pool.sparsity, grad_tol=grad_tol)
+        )
+        for key in ("loss", "dense_loss", "epsilon", "epsilon_optimal"):
+            del figures[key]  # whole-model quantities: given once, at the top level
+        pools.append({"name": pool.name, "dense": pool.dense, **figures})
+    budgeted = [p for p in pools if not p["dense"]]
+    epsilon = None if dense_loss is None else loss_value - dense_loss
+    return {
+        "sparsity": budget.sparsity,
+        "lr": float(lr),
+        "nonzeros": sum(int(p["nonzeros"]) for p in budgeted),
+        "max_grad_on_support": max(float(p["max_grad_on_support"]) for p in pools),
+        "max_grad_off_support": max(float(p["max_grad_off_support"]) for p in pools),
+        "off_support_ratio": max(float(p["off_support_ratio"]) for p in pools),
+        "residual": math.sqrt(sum(float(p["residual"]) ** 2 for p in pools)),
+        "tie": any(bool(p["tie"]) for p in pools),
+        "stable": all(bool(p["stable"]) for p in pools),
+        "grad_tol": grad_tol,
+        "loss": loss_value,
+        "dense_loss": dense_loss,
+        "epsilon": epsilon,
+        "epsilon_optimal": None,
+        "pools": pools,
+    }
+
+
+def instability_reasons(certificate: Mapping[str, Any]) -> list[str]:
+    """Why a certificate says "not HT-stable", in words (empty when it is stable).
+
+    Args:
+        certificate: a :class:`Certificate` as a dict (``dataclasses.asdict``) or the dict of
+            :func:`certify_budget`.
+    """
+    if certificate["stable"]:
+        return []
+    reasons = []
+    tol = certificate["grad_tol"]
+    if certificate["max_grad_on_support"] > tol:
+        reasons.append(
+            f"max|grad| on the support {certificate['max_grad_on_support']:.2e} > grad_tol "
+            f"{tol:.0e} (not stationary yet: more steps, or a larger --grad-tol)"
+        )
+    if certificate["off_support_ratio"] >= 1:
+        reasons.append(
+            f"off-support ratio {certificate['off_support_ratio']:.3g} >= 1 (an entry outside "
+            "the support would enter it)"
+        )
+    if certificate["tie"]:
+        reasons.append("a tie at the threshold (H_s is set-valued there)")
+    if not reasons:
+        reasons.append(
+            f"fewer nonzeros than the budget and a gradient above grad_tol {tol:.0e} off the support"
+        )
+    return reasons

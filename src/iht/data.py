@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from .errors import DataError, InvalidValueError
+
 __all__ = [
     "BUILTIN_DATASETS",
     "MISSING_TOKENS",
@@ -36,10 +38,6 @@ BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "digits")
 
 #: Cell values read as "missing" in a CSV file (compared after stripping, case-insensitively).
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-"})
-
-
-class DataError(ValueError):
-    """The data cannot be used as given (a bad CSV file, too few rows, ...); one line."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ def load_builtin(name: str) -> Dataset:
         "digits": datasets.load_digits,
     }
     if name not in loaders:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
+        raise InvalidValueError(f"unknown data set {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
     bunch = loaders[name]()
     return Dataset(
         name=name,
@@ -308,7 +306,7 @@ def random_split(n: int, n_train: int, *, seed: int) -> tuple[NDArray[np.int64],
     both index arrays are sorted.
     """
     if not 0 < n_train < n:
-        raise ValueError(f"n_train must be in 1..{n - 1} for {n} points, got {n_train}")
+        raise InvalidValueError(f"n_train must be in 1..{n - 1} for {n} points, got {n_train}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     return np.sort(perm[:n_train]).astype(np.int64), np.sort(perm[n_train:]).astype(np.int64)
 

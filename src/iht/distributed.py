@@ -45,8 +45,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import NonFiniteError
-from .threshold import _is_integer, _kth_largest, _mask_unchecked
+from .errors import InvalidTypeError, InvalidValueError, NonFiniteError
+from .threshold import is_integer, kth_largest, top_s_mask
 
 __all__ = [
     "CANDIDATE_LIMIT",
@@ -133,7 +133,7 @@ def _exchange_layout(
         NonFiniteError: ``require_finite`` and some shard holds inf or NaN.
     """
     if not isinstance(local, Tensor):
-        raise TypeError(f"local must be a torch.Tensor, got {type(local).__name__}")
+        raise InvalidTypeError(f"local must be a torch.Tensor, got {type(local).__name__}")
     s_code = _int_or_bad(s)
     offset_code = _int_or_bad(offset)
     dtype_code = _DTYPES.index(local.dtype) if local.dtype in _DTYPES else -1
@@ -155,32 +155,32 @@ def _exchange_layout(
 
     # From here on every rank holds the same rows, so every rank raises the same error.
     if -1 in dtypes:
-        raise TypeError(
+        raise InvalidTypeError(
             "every shard must be float16, bfloat16, float32 or float64; "
             f"rank {_ranks(rows, 3, -1)} is not (this rank: {local.dtype})"
         )
     if len(dtypes) > 1:
         names = [str(_DTYPES[r[3]]) for r in rows]
-        raise TypeError(f"shards must share one dtype, got {names} by rank")
+        raise InvalidTypeError(f"shards must share one dtype, got {names} by rank")
     bad_dim = [rank for rank, r in enumerate(rows) if r[4] != 1]
     if bad_dim:
-        raise ValueError(f"each shard must be a 1-D tensor; rank(s) {bad_dim} passed another shape")
+        raise InvalidValueError(f"each shard must be a 1-D tensor; rank(s) {bad_dim} passed another shape")
     if any(r[0] == _BAD for r in rows):
-        raise TypeError(f"offset must be an integer on every rank; rank(s) {_ranks(rows, 0)} not")
+        raise InvalidTypeError(f"offset must be an integer on every rank; rank(s) {_ranks(rows, 0)} not")
     if _BAD in s_codes:
-        raise TypeError(
+        raise InvalidTypeError(
             f"{s_name} must be an integer count of nonzeros; rank(s) {_ranks(rows, 2)} not"
         )
     if len(s_codes) > 1:
-        raise ValueError(f"{s_name} must be the same on every rank, got {[r[2] for r in rows]}")
+        raise InvalidValueError(f"{s_name} must be the same on every rank, got {[r[2] for r in rows]}")
     size = sum(numels)
     _check_tiling(offsets, numels, size)
     (s_value,) = s_codes
     if not 0 <= s_value <= size:
-        raise ValueError(f"{s_name} must be in 0..{size} (P = {size}), got {s_value}")
+        raise InvalidValueError(f"{s_name} must be in 0..{size} (P = {size}), got {s_value}")
     nan_ranks = [rank for rank, r in enumerate(rows) if r[5]]
     if nan_ranks:
-        raise ValueError(f"shard(s) of rank(s) {nan_ranks} hold NaN; their order is undefined")
+        raise InvalidValueError(f"shard(s) of rank(s) {nan_ranks} hold NaN; their order is undefined")
     bad_ranks = [rank for rank, r in enumerate(rows) if r[6]]
     if require_finite and bad_ranks:
         raise NonFiniteError(
@@ -190,7 +190,7 @@ def _exchange_layout(
 
 
 def _int_or_bad(value: object) -> int:
-    if isinstance(value, bool) or not _is_integer(value):
+    if isinstance(value, bool) or not is_integer(value):
         return _BAD
     return operator.index(cast(SupportsIndex, value))
 
@@ -207,14 +207,14 @@ def _check_tiling(offsets: Sequence[int], numels: Sequence[int], size: int) -> N
     position = 0
     for start, stop, rank in spans:
         if start != position:
-            raise ValueError(
+            raise InvalidValueError(
                 f"shards must tile 0..{size - 1} without gaps or overlaps: rank {rank} starts at "
                 f"offset {start}, expected {position} (offsets {list(offsets)}, sizes {list(numels)})"
             )
         position = stop
     for rank, (o, n) in enumerate(zip(offsets, numels, strict=True)):
         if n == 0 and not 0 <= o <= size:
-            raise ValueError(f"offset of (empty) rank {rank} must be in 0..{size}, got {o}")
+            raise InvalidValueError(f"offset of (empty) rank {rank} must be in 0..{size}, got {o}")
 
 
 def sharded_threshold_mask(
@@ -291,11 +291,11 @@ def sharded_iht_step_(
     """
     _check_method(method)
     if params.shape != grad.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"grad shape {tuple(grad.shape)} does not match params {tuple(params.shape)}"
         )
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        raise InvalidValueError(f"lr must be a positive finite number, got {lr!r}")
     with torch.no_grad():
         candidate = params - lr * grad
         if sparsity is None:
@@ -314,7 +314,7 @@ def sharded_iht_step_(
 
 def _check_method(method: object) -> None:
     if method not in ("auto", "candidates", "count"):
-        raise ValueError(f"method must be 'auto', 'candidates' or 'count', got {method!r}")
+        raise InvalidValueError(f"method must be 'auto', 'candidates' or 'count', got {method!r}")
 
 
 def _sharded_mask(
@@ -349,7 +349,7 @@ def _mask_by_candidates(
     # float64 holds every float16/bfloat16/float32 value and every index below 2**53 exactly.
     packed = torch.full((2, s), -1.0, dtype=torch.float64, device=local.device)
     if k > 0:
-        chosen = torch.nonzero(_mask_unchecked(mag, k)).reshape(-1)
+        chosen = torch.nonzero(top_s_mask(mag, k)).reshape(-1)
         packed[0, :k] = mag[chosen].to(torch.float64)
         packed[1, :k] = (chosen + offset).to(torch.float64)
     gathered = [torch.empty_like(packed) for _ in range(layout.world)]
@@ -387,7 +387,7 @@ def _mask_by_count(
     # nothing is above the largest key, so c(max + 1) = 0 < s.
     bracket = torch.zeros(2, dtype=torch.int64, device=device)
     if n >= s:
-        bracket[0] = _kth_largest(mag, s).view(torch.int64)[0]
+        bracket[0] = kth_largest(mag, s).view(torch.int64)[0]
     if n > 0:
         bracket[1] = keys.max()
     dist.all_reduce(bracket, op=dist.ReduceOp.MAX, group=group)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .errors import NonFiniteError
-from .threshold import _mask_unchecked
+from .threshold import top_s_mask
 
 __all__ = ["EngineResult", "Problem", "run_many"]
 
@@ -113,7 +113,7 @@ def run_many(
             active = active & ~done
         candidate = theta - lr_col * grad
         if sparsity is not None:
-            candidate = torch.where(_mask_unchecked(candidate, sparsity), candidate, 0.0)
+            candidate = torch.where(top_s_mask(candidate, sparsity), candidate, 0.0)
         # Frozen runs keep their parameters until the next compaction removes them.
         theta = torch.where(active.unsqueeze(1), candidate, theta)
         step += 1

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import InvalidValueError
+
 __all__ = [
     "FORMAT",
     "SparseLinear",
@@ -68,17 +70,17 @@ def load_sparse(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     try:
         payload = torch.load(path, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise ValueError(f"{path} is not a readable iht sparse export: {exc}") from None
+        raise InvalidValueError(f"{path} is not a readable iht sparse export: {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an iht sparse export (format {FORMAT})")
+        raise InvalidValueError(f"{path} is not an iht sparse export (format {FORMAT})")
     tensors: dict[str, Tensor] = payload["tensors"]
     params = dict(model.named_parameters())
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-        raise ValueError(f"{path} does not match the model: missing {missing}, unexpected {extra}")
+        raise InvalidValueError(f"{path} does not match the model: missing {missing}, unexpected {extra}")
     for name, sparse in tensors.items():
         if tuple(sparse.shape) != tuple(params[name].shape):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name}: stored shape {tuple(sparse.shape)} != model shape {tuple(params[name].shape)}"
             )
         params[name].copy_(sparse.to_dense().to(params[name].dtype))

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from .errors import InvalidValueError
 from .threshold import check_sparsity, split_like
 
 __all__ = ["linear_init", "random_support", "reset_parameters_", "sparse_init_"]
@@ -72,7 +73,7 @@ def reset_parameters_(model: nn.Module, *, generator: torch.Generator | None = N
                 reset()
                 found = True
     if not found:
-        raise ValueError(
+        raise InvalidValueError(
             f"{type(model).__name__} has no submodule with reset_parameters(); "
             "pass init_fn to draw its parameters"
         )

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .errors import EstimateError
+from .errors import EstimateError, InvalidValueError
 from .init import reset_parameters_
-from .threshold import _mask_unchecked, check_sparsity, flatten, unflatten_
+from .threshold import check_sparsity, flatten, top_s_mask, unflatten_
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
@@ -96,7 +96,7 @@ def perturbation_pairs(theta: Tensor, keys: Tensor, z: Tensor, s: int) -> tuple[
     # entry; perturb it at unit scale so the draw still yields a ratio.
     alpha = torch.where(torch.isfinite(alpha), alpha, torch.ones_like(alpha))
     moved = sparse + alpha * z
-    perturbed = moved if s >= size else torch.where(_mask_unchecked(moved, s), moved, 0.0)
+    perturbed = moved if s >= size else torch.where(top_s_mask(moved, s), moved, 0.0)
     return sparse, perturbed
 
 
@@ -126,9 +126,9 @@ def estimate_l2s_fn(
     """
     s = size if sparsity is None else check_sparsity(sparsity, size)
     if s < 1:
-        raise ValueError(f"sparsity must be in 1..{size} to estimate L_2s, got {s}")
+        raise InvalidValueError(f"sparsity must be in 1..{size} to estimate L_2s, got {s}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+        raise InvalidValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
     sparse, perturbed = draw_pairs(
         init_fn, sparsity=s, size=size, n_samples=n_samples, generator=generator
     )
@@ -145,7 +145,7 @@ def draw_pairs(
     """
     theta = init_fn(n_samples, generator)
     if theta.shape != (n_samples, size):
-        raise ValueError(
+        raise InvalidValueError(
             f"init_fn returned shape {tuple(theta.shape)}, expected ({n_samples}, {size})"
         )
     keys = torch.rand(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
@@ -212,7 +212,7 @@ def estimate_l2s(
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+        raise InvalidValueError(f"{type(model).__name__} has no trainable parameters")
     saved = [p.detach().clone() for p in params]
     # reset_parameters() also re-draws frozen parameters and resets buffers (BatchNorm
     # statistics), and loss_fn may update buffers; none of them is part of theta, so they are

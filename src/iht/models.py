@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .errors import InvalidValueError
+
 __all__ = ["ACTIVATIONS", "build_model", "parse_hidden"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -24,11 +26,11 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(
+        raise InvalidValueError(
             f"hidden sizes must be positive integers like 64,32, got {text!r}"
         ) from None
     if any(w < 1 for w in widths):
-        raise ValueError(f"hidden sizes must be positive integers like 64,32, got {text!r}")
+        raise InvalidValueError(f"hidden sizes must be positive integers like 64,32, got {text!r}")
     return widths
 
 
@@ -41,7 +43,7 @@ def build_model(
     layer, weight then bias, which is the flat order H_s uses.
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        raise InvalidValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     layers: list[nn.Module] = []
     width = n_features
     for h in hidden:

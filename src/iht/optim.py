@@ -1,31 +1,41 @@
-"""The IHT update as a function over flat parameters, and as a ``torch.optim.Optimizer``.
+"""The IHT update as functions over parameters, and as a ``torch.optim.Optimizer``.
 
 IHT (Alg. 1):  theta <- H_s(theta - lr * grad f(theta)),
 GD   (Alg. 2):  theta <- theta - lr * grad f(theta)        (``sparsity=None``).
 
 H_s acts on the concatenation of every parameter of a budget pool, so the s nonzeros are
 distributed freely across tensors and layers; the optimizer learns values and mask at once.
+
+Three levels, as ``torch.optim.SGD`` has ``sgd()`` under it:
+
+- :func:`iht_update`: one step on a flat tensor (..., P), returning the new point;
+- :func:`iht_step`: one step of several pools of parameter tensors, in place, with each pool's
+  :class:`PoolState` (support, step count, the compiled step's warm start); it dispatches to
+  the torch kernel (the reference) or the compiled kernel of :mod:`iht._kernels.iht_step`;
+- :class:`IHT`: the optimizer; ``step()`` gathers the pools, their step sizes and states and
+  calls :func:`iht_step`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import compiled_step
-from .errors import NonFiniteError
-from .threshold import _mask_unchecked, check_sparsity, flatten, hard_threshold, split_like
+from .errors import InvalidTypeError, InvalidValueError, NonFiniteError
+from .threshold import check_sparsity, flatten, hard_threshold, split_like, top_s_mask
 
-__all__ = ["IHT", "iht_update"]
+__all__ = ["COMPILED_MIN_SIZE", "IHT", "KERNELS", "PoolState", "StepPool", "iht_step", "iht_update"]
 
 _GLOBAL = "global"
 _OWN = "own"
-_KERNELS = ("auto", "compiled", "torch")
+#: The kernels :func:`iht_step` can take (see :class:`IHT`'s ``kernel``).
+KERNELS = ("auto", "compiled", "torch")
 
 #: With ``kernel="auto"``, pools of at least this many entries take the compiled step.
 COMPILED_MIN_SIZE = 1 << 16
@@ -43,6 +53,9 @@ def iht_update(theta: Tensor, grad: Tensor, *, lr: float | Tensor, sparsity: int
     Returns:
         The new parameters (a new tensor).
 
+    Raises:
+        ValueError: the update holds NaN (its order is undefined), or ``sparsity`` < 0.
+
     Example:
         >>> iht_update(torch.tensor([1.0, 0.1, -2.0]), torch.tensor([0.5, 0.0, 1.0]), lr=1.0, sparsity=1)
         tensor([ 0.,  0., -3.])
@@ -53,12 +66,221 @@ def iht_update(theta: Tensor, grad: Tensor, *, lr: float | Tensor, sparsity: int
     return hard_threshold(candidate, sparsity)
 
 
+@dataclass
+class PoolState:
+    """What one budget pool carries from step to step (stored per pool by :class:`IHT`).
+
+    Attributes:
+        step: steps this pool has taken; the support is re-selected when
+            ``step % threshold_every == 0``.
+        mask: the pool's flat support (bool, the pool's size) after its last step; between
+            re-selections the step is a gradient step restricted to it. The compiled step
+            rewrites it in place (clone it to keep an old support).
+        threshold: t, the s-th largest |x| of the last compiled selection (its warm start).
+        bracket_width: the compiled step's relative bracket half-width for the next step.
+    """
+
+    step: int = 0
+    mask: Tensor | None = None
+    threshold: float | None = None
+    bracket_width: float | None = None
+    # ~mask, kept until the mask changes (keyed on its identity and version counter).
+    dropped_cache: tuple[Tensor, int, Tensor] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as plain values and tensors (what :meth:`IHT.state_dict` stores)."""
+        return {
+            "step": self.step,
+            "mask": self.mask,
+            "threshold": self.threshold,
+            "bracket_width": self.bracket_width,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, device: torch.device | None = None) -> PoolState:
+        """Inverse of :meth:`to_dict`; the mask is moved to ``device`` and kept boolean."""
+        mask = data.get("mask")
+        if mask is not None:
+            mask = torch.as_tensor(mask).to(device=device, dtype=torch.bool)
+        threshold, width = data.get("threshold"), data.get("bracket_width")
+        return cls(
+            step=int(data.get("step", 0)),
+            mask=mask,
+            threshold=None if threshold is None else float(threshold),
+            bracket_width=None if width is None else float(width),
+        )
+
+
+@dataclass
+class StepPool:
+    """One budget pool as :func:`iht_step` sees it.
+
+    Attributes:
+        params: every tensor of the pool. Those whose ``.grad`` is None take no gradient step
+            (x = theta there), but H_s acts on them with the others: their nonzeros count
+            against the pool's budget like any others.
+        lrs: the step size of each tensor.
+        sparsity: the budget s of the pool, or None for a dense (GD) pool.
+        state: the pool's :class:`PoolState`, updated in place.
+    """
+
+    params: list[Tensor]
+    lrs: list[float]
+    sparsity: int | None
+    state: PoolState
+
+
+def iht_step(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str = "auto") -> None:
+    r"""One IHT step of every pool, in place: :math:`\theta_P \leftarrow H_{s_P}(\theta_P - \gamma g_P)`.
+
+    The budget of a pool holds over the concatenation of its tensors (ties: the smaller flat
+    index in pool order). Every pool's update is read and checked before any is written: when
+    one is not finite, nothing changes. A pool none of whose tensors has a gradient is skipped
+    (its state is not advanced). On steps where ``state.step % threshold_every != 0`` the
+    support is not re-selected: the step is a gradient step restricted to ``state.mask``.
+
+    Args:
+        pools: the pools (see :class:`StepPool`).
+        threshold_every: re-select the support every this many steps of a pool.
+        kernel: ``"torch"`` (the reference), ``"compiled"`` (the compiled CPU step wherever it
+            applies) or ``"auto"`` (the compiled step for pools of :data:`COMPILED_MIN_SIZE`
+            entries or more).
+
+    Raises:
+        NonFiniteError: a gradient or the update of some pool is NaN or infinite (named).
+    """
+    writes = [
+        _plan(pool, threshold_every, kernel)
+        for pool in pools
+        if any(p.grad is not None for p in pool.params)
+    ]
+    for write in writes:
+        write()
+
+
+def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
+    """Check one pool's update (read only) and return the function that writes it."""
+    params, lrs, budget, state = pool.params, pool.lrs, pool.sparsity, pool.state
+    size = sum(p.numel() for p in params)
+    if budget is None or not 0 < budget < size or kernel == "torch":
+        return _plan_torch(pool, every)
+    if kernel == "auto" and size < COMPILED_MIN_SIZE:
+        return _plan_torch(pool, every)
+    from ._kernels import iht_step as kernels
+
+    if not kernels.eligible(params):
+        return _plan_torch(pool, every)
+    if not _reselects(state, every, size):
+        if kernels.nonfinite_count(params, lrs):
+            _raise_nonfinite(params, lrs)
+        mask = cast(Tensor, state.mask)
+
+        def write_masked() -> None:
+            kernels.masked_step_(params, lrs, mask)
+            state.step += 1
+
+        return write_masked
+    plan = kernels.plan_step(
+        params,
+        lrs,
+        budget,
+        previous=state.threshold,
+        width=kernels.START_WIDTH if state.bracket_width is None else state.bracket_width,
+    )
+    if plan is None:  # a mass of ties at the boundary: the torch path ranks them
+        return _plan_torch(pool, every)
+    if plan.nonfinite:
+        _raise_nonfinite(params, lrs)
+
+    def write() -> None:
+        # The stored mask is overwritten in place (clone it to keep an old support).
+        state.mask = kernels.write_step_(params, lrs, plan, out=state.mask)
+        state.threshold = plan.threshold
+        state.bracket_width = plan.width
+        state.step += 1
+
+    return write
+
+
+def _reselects(state: PoolState, every: int, size: int) -> bool:
+    """Whether this step re-selects the support (else the stored mask is applied)."""
+    return state.step % every == 0 or state.mask is None or state.mask.numel() != size
+
+
+def _plan_torch(pool: StepPool, every: int) -> Callable[[], None]:
+    """The reference step: in place, as torch.optim.SGD; no flat copy except to select."""
+    params, lrs, budget, state = pool.params, pool.lrs, pool.sparsity, pool.state
+    _check_finite(params, lrs)
+
+    def write() -> None:
+        for p, lr in zip(params, lrs, strict=True):
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-lr)
+        if budget is not None:
+            size = sum(p.numel() for p in params)
+            if _reselects(state, every, size):
+                # params now hold theta - lr * grad (theta where there is no gradient)
+                state.mask = top_s_mask(flatten(p.detach() for p in params), budget)
+                state.threshold = None  # a compiled step's warm start no longer applies
+            for p, dropped in zip(params, split_like(_dropped(state), params), strict=True):
+                p.masked_fill_(dropped, 0.0)
+        state.step += 1
+
+    return write
+
+
+def _dropped(state: PoolState) -> Tensor:
+    """~state.mask, computed once per selection (not once per step).
+
+    Keyed on the mask's version counter too: the compiled step (and anyone editing the mask)
+    changes the mask in place.
+    """
+    mask = cast(Tensor, state.mask)
+    cached = state.dropped_cache
+    if cached is None or cached[0] is not mask or cached[1] != mask._version:
+        cached = state.dropped_cache = (mask, mask._version, ~mask)
+    return cached[2]
+
+
+def _check_finite(params: Sequence[Tensor], lrs: Sequence[float]) -> None:
+    """Raise NonFiniteError, naming the cause, if theta - lr * grad is not finite."""
+    # The bound |theta - lr g| <= max|theta| + lr max|g| avoids a copy unless near overflow.
+    for p, lr in zip(params, lrs, strict=True):
+        grad = p.grad
+        if grad is None:
+            continue
+        g_max = float(torch.linalg.vector_norm(grad, ord=math.inf))
+        if not math.isfinite(g_max):
+            raise NonFiniteError(
+                f"non-finite gradient in a parameter of shape {tuple(p.shape)}; "
+                "parameters left unchanged"
+            )
+        bound = float(torch.linalg.vector_norm(p.detach(), ord=math.inf)) + lr * g_max
+        if bound > torch.finfo(p.dtype).max and not bool(torch.isfinite(p - lr * grad).all()):
+            raise NonFiniteError(
+                f"the update overflows (lr = {lr}, max |grad| = {g_max:.3g}); "
+                "parameters left unchanged"
+            )
+
+
+def _raise_nonfinite(params: Sequence[Tensor], lrs: Sequence[float]) -> None:
+    _check_finite(params, lrs)  # names the cause
+    raise NonFiniteError("the update theta - lr * grad is not finite; parameters left unchanged")
+
+
+def _in_pool(p: Tensor) -> bool:
+    """A frozen tensor (no grad required, none given) is in no pool; every other one is."""
+    return p.requires_grad or p.grad is not None
+
+
 def _check_lr(lr: object) -> float:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise TypeError(f"lr must be a positive finite number, got {lr!r}")
+        raise InvalidTypeError(f"lr must be a positive finite number, got {lr!r}")
     value = float(lr)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"lr must be a positive finite number, got {value}")
+        raise InvalidValueError(f"lr must be a positive finite number, got {value}")
     return value
 
 
@@ -76,12 +298,19 @@ class IHT(Optimizer):
     steps (Alg. 2), so dense and sparse runs share one code path. After each step every pool
     has at most its budget of nonzeros.
 
-    Parameters whose ``.grad`` is None are left alone: not updated, not thresholded, not
-    counted (as in ``torch.optim.SGD``).
+    A parameter whose ``.grad`` is None on a step takes no gradient step (as in
+    ``torch.optim.SGD``), but it stays in its pool: H_s still acts on it with the others (as
+    if its gradient were 0), so its nonzeros count against the budget, which holds on every
+    step. A frozen parameter (``requires_grad=False`` and no ``.grad``) is in no pool: never
+    moved, never counted.
 
-    With ``threshold_every=k > 1`` (optimizer-wide) the support is re-selected by H_s only on every k-th step;
-    the steps in between are gradient steps restricted to the current support, so the budget
-    still holds after every step while the selection costs 1/k as much.
+    With ``threshold_every=k > 1`` (optimizer-wide) the support is re-selected by H_s only on
+    every k-th step of a pool; the steps in between are gradient steps restricted to the
+    current support, so the budget still holds after every step while the selection costs
+    1/k as much.
+
+    Each pool's :class:`PoolState` is in :attr:`pool_states` (keys ``"global"`` and
+    ``"group<i>"`` for a group with its own budget) and in ``state_dict()["pools"]``.
 
     Args:
         params: parameters or param groups (dicts may set ``lr`` and ``sparsity``).
@@ -89,11 +318,11 @@ class IHT(Optimizer):
         sparsity: the global budget s (a count, 0 <= s <= P of the pool) or None (dense).
         threshold_every: re-select the support every k steps (k >= 1).
         kernel: ``"auto"`` (default) takes the compiled two-pass step of
-            :mod:`iht.compiled_step` for CPU pools of float32/float64 tensors with at least
-            ``COMPILED_MIN_SIZE`` entries, and the torch step otherwise; ``"compiled"`` takes it
-            whenever it applies, whatever the size; ``"torch"`` always takes the torch step
-            (the reference). Both give the same result; the compiled one avoids a flat copy and
-            a top-k, which matters from about a million parameters.
+            :mod:`iht._kernels.iht_step` for CPU pools of float32/float64 tensors with at least
+            :data:`COMPILED_MIN_SIZE` entries, and the torch step otherwise; ``"compiled"``
+            takes it whenever it applies, whatever the size; ``"torch"`` always takes the
+            torch step (the reference). Both give the same result; the compiled one avoids a
+            flat copy and a top-k, which matters from about a million parameters.
 
     Raises:
         TypeError, ValueError: bad lr, sparsity or threshold_every; parameters on several
@@ -116,23 +345,26 @@ class IHT(Optimizer):
         kernel: str = "auto",
     ) -> None:
         lr = _check_lr(lr)
-        if kernel not in _KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(_KERNELS)}, got {kernel!r}")
+        if kernel not in KERNELS:
+            raise InvalidValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         if (
             isinstance(threshold_every, bool)
             or not isinstance(threshold_every, int)
             or threshold_every < 1
         ):
-            raise ValueError(f"threshold_every must be an integer >= 1, got {threshold_every!r}")
+            raise InvalidValueError(
+                f"threshold_every must be an integer >= 1, got {threshold_every!r}"
+            )
         defaults = {
             "lr": lr,
             "global_sparsity": sparsity,
             "threshold_every": threshold_every,
             "kernel": kernel,
         }
+        self.pool_states: dict[str, PoolState] = {}
         super().__init__(params, defaults)
         if sparsity is not None:
-            check_sparsity(sparsity, self._pool_size(), name="sparsity")
+            check_sparsity(sparsity, self._global_size(), name="sparsity")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; a group with its own ``"sparsity"`` gets a budget of its own."""
@@ -146,17 +378,39 @@ class IHT(Optimizer):
         group = self.param_groups[-1]
         params = cast(list[Tensor], group["params"])
         if group["pool"] == _OWN:
-            check_sparsity(group["sparsity"], sum(p.numel() for p in params), name="group sparsity")
+            size = sum(p.numel() for p in params if _in_pool(p))
+            check_sparsity(group["sparsity"], size, name="group sparsity")
         devices = {p.device for g in self.param_groups for p in g["params"]}
         if len(devices) > 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"all parameters must be on one device, got {sorted(str(d) for d in devices)}"
             )
 
-    def _pool_size(self) -> int:
+    def _global_size(self) -> int:
         return sum(
-            p.numel() for g in self.param_groups if g["pool"] == _GLOBAL for p in g["params"]
+            p.numel()
+            for g in self.param_groups
+            if g["pool"] == _GLOBAL
+            for p in g["params"]
+            if _in_pool(p)
         )
+
+    def _pools(self) -> list[tuple[str, list[Tensor], list[float], int | None]]:
+        """(key, tensors, step sizes, budget) of every pool, the global pool last."""
+        pools: list[tuple[str, list[Tensor], list[float], int | None]] = []
+        shared: list[Tensor] = []
+        shared_lrs: list[float] = []
+        for i, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if _in_pool(p)]
+            lrs = [float(group["lr"])] * len(params)
+            if group["pool"] == _OWN:
+                pools.append((f"group{i}", params, lrs, group["sparsity"]))
+            else:
+                shared += params
+                shared_lrs += lrs
+        if shared:
+            pools.append((_GLOBAL, shared, shared_lrs, self.param_groups[0]["global_sparsity"]))
+        return pools
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -168,152 +422,31 @@ class IHT(Optimizer):
             value = float(loss.detach()) if isinstance(loss, Tensor) else loss
             if value is not None and not math.isfinite(float(value)):
                 raise NonFiniteError(f"loss is {float(value)}; parameters left unchanged")
-
-        pools: list[tuple[int | None, list[tuple[Tensor, float]]]] = []
-        shared: list[tuple[Tensor, float]] = []
-        for group in self.param_groups:
-            members = [(p, group["lr"]) for p in group["params"] if p.grad is not None]
-            if group["pool"] == _OWN:
-                pools.append((group["sparsity"], members))
-            else:
-                shared.extend(members)
-        if self.param_groups:
-            pools.append((self.param_groups[0]["global_sparsity"], shared))
-
-        # Read everything before writing anything: a non-finite update in any pool leaves
-        # every parameter unchanged.
-        actions = [self._plan(budget, members) for budget, members in pools if members]
-        for action in actions:
-            action()
-        return loss
-
-    def _plan(self, budget: int | None, members: list[tuple[Tensor, float]]) -> Callable[[], None]:
-        """Check one pool's update (read only) and return the function that writes it."""
-        params = [p for p, _ in members]
-        lrs = [lr for _, lr in members]
-        size = sum(p.numel() for p in params)
-        kernel = self.param_groups[0].get("kernel", "auto")
-        compiled = (
-            budget is not None
-            and 0 < budget < size
-            and kernel != "torch"
-            and (kernel == "compiled" or size >= COMPILED_MIN_SIZE)
-            and compiled_step.eligible(params)
-        )
-        if not compiled:
-            self._check_finite(members)
-            return lambda: self._torch_step(params, lrs, budget)
-        assert budget is not None
-        state = self.state[params[0]]
-        if not self._reselect(state, size):
-            if compiled_step.nonfinite_count(params, lrs):
-                self._raise_nonfinite(members)
-            mask = state["mask"]
-
-            def write_masked() -> None:
-                compiled_step.masked_step_(params, lrs, mask)
-                self._count_step(state, mask)
-
-            return write_masked
-        previous = state.get("threshold")
-        plan = compiled_step.plan_step(
-            params,
-            lrs,
-            budget,
-            previous=float(previous) if previous is not None else None,
-            width=float(state.get("bracket_width", compiled_step.START_WIDTH)),
-        )
-        if plan is None:  # a mass of ties at the boundary: the torch path ranks them
-            self._check_finite(members)
-            return lambda: self._torch_step(params, lrs, budget)
-        if plan.nonfinite:
-            self._raise_nonfinite(members)
-
-        def write() -> None:
-            # The stored mask is overwritten in place (clone it to keep an old support).
-            mask = compiled_step.write_step_(params, lrs, plan, out=state.get("mask"))
-            state["threshold"] = plan.threshold
-            state["bracket_width"] = plan.width
-            self._count_step(state, mask)
-
-        return write
-
-    @staticmethod
-    def _count_step(state: dict[str, Any], mask: Tensor) -> None:
-        state["step"] = int(state.get("step", 0)) + 1
-        state["mask"] = mask
-
-    def _reselect(self, state: dict[str, Any], size: int) -> bool:
-        """Whether this step re-selects the support (else the stored mask is applied)."""
         # Read from the param groups, not self.defaults: load_state_dict restores the groups
         # (as it restores lr), while defaults keep the value this instance was built with.
-        every = int(self.param_groups[0]["threshold_every"])
-        stored = state.get("mask")
-        if stored is not None and stored.dtype != torch.bool:
-            # load_state_dict casts saved state to the parameter's dtype; a mask stays boolean.
-            state["mask"] = stored = stored.to(torch.bool)
-        return int(state.get("step", 0)) % every == 0 or stored is None or stored.numel() != size
-
-    def _check_finite(self, members: list[tuple[Tensor, float]]) -> None:
-        """Raise NonFiniteError, naming the cause, if theta - lr * grad is not finite."""
-        # The bound |theta - lr g| <= max|theta| + lr max|g| avoids a copy unless near overflow.
-        for p, lr in members:
-            grad = cast(Tensor, p.grad)
-            g_max = float(torch.linalg.vector_norm(grad, ord=math.inf))
-            if not math.isfinite(g_max):
-                raise NonFiniteError(
-                    f"non-finite gradient in a parameter of shape {tuple(p.shape)}; "
-                    "parameters left unchanged"
-                )
-            bound = float(torch.linalg.vector_norm(p.detach(), ord=math.inf)) + lr * g_max
-            if bound > torch.finfo(p.dtype).max and not bool(torch.isfinite(p - lr * grad).all()):
-                raise NonFiniteError(
-                    f"the update overflows (lr = {lr}, max |grad| = {g_max:.3g}); "
-                    "parameters left unchanged"
-                )
-
-    def _raise_nonfinite(self, members: list[tuple[Tensor, float]]) -> None:
-        self._check_finite(members)  # names the cause
-        raise NonFiniteError(
-            "the update theta - lr * grad is not finite; parameters left unchanged"
+        first = self.param_groups[0] if self.param_groups else self.defaults
+        iht_step(
+            [
+                StepPool(params, lrs, budget, self.pool_states.setdefault(key, PoolState()))
+                for key, params, lrs, budget in self._pools()
+            ],
+            threshold_every=int(first["threshold_every"]),
+            kernel=str(first.get("kernel", "auto")),
         )
+        return loss
 
-    def _torch_step(self, params: list[Tensor], lrs: list[float], budget: int | None) -> None:
-        """The reference step: in place, as torch.optim.SGD; no flat copy except to select."""
-        for p, lr in zip(params, lrs, strict=True):
-            p.add_(cast(Tensor, p.grad), alpha=-lr)
-        if budget is None:
-            return
-        for p, dropped in zip(
-            params, split_like(self._dropped(params, budget), params), strict=True
-        ):
-            p.masked_fill_(dropped, 0.0)
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state, plus ``"pools"``: each pool's :class:`PoolState`."""
+        state = super().state_dict()
+        state["pools"] = {key: pool.to_dict() for key, pool in self.pool_states.items()}
+        return state
 
-    def _dropped(self, params: list[Tensor], budget: int) -> Tensor:
-        """The complement of :meth:`_support`, computed once per selection (no copy per step).
-
-        The cache is keyed on the mask's version counter too: the compiled step (and anyone
-        editing ``state["mask"]``) changes the mask in place.
-        """
-        kept = self._support(params, budget)
-        cache: dict[int, tuple[Tensor, int, Tensor]] = self.__dict__.setdefault(
-            "_dropped_cache", {}
-        )
-        cached = cache.get(id(params[0]))
-        if cached is None or cached[0] is not kept or cached[1] != kept._version:
-            cached = cache[id(params[0])] = (kept, kept._version, ~kept)
-        return cached[2]
-
-    def _support(self, params: list[Tensor], budget: int) -> Tensor:
-        """The mask to apply: H_s's choice on re-selection steps, else the stored one.
-
-        ``params`` already hold the gradient step theta - lr * grad.
-        """
-        size = sum(p.numel() for p in params)
-        state = self.state[params[0]]
-        if self._reselect(state, size):
-            state["mask"] = _mask_unchecked(flatten(p.detach() for p in params), budget)
-            state.pop("threshold", None)  # a compiled step's warm start no longer applies
-        stored = state["mask"]
-        self._count_step(state, stored)
-        return stored
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output, the pools' supports and step counts included."""
+        state_dict = dict(state_dict)
+        pools = state_dict.pop("pools", {})
+        super().load_state_dict(state_dict)
+        device = next((p.device for g in self.param_groups for p in g["params"]), None)
+        self.pool_states = {
+            key: PoolState.from_dict(value, device=device) for key, value in pools.items()
+        }

@@ -68,58 +68,50 @@ solve (about 6 s for all 32,766 IRIS supports of one split). The supports near e
 level's optimum are then polished to the float64 floor, so that optimal values are
 accurate to about 1e-15, well inside the 1e-9 used to compare them.
 
-The study command (:func:`run_oracle`, ``iht oracle DIR``) solves every support of the first
-K data splits of a stored study, stores DIR/oracle.parquet and compares with the stored IHT
-runs on the same splits; :mod:`iht.report` then adds the figure ``oracle.png``.
+This module is the solver only (numpy, and scipy for the linear program). The oracle of a
+stored study (``iht oracle DIR``: every support of the first K data splits, stored as
+DIR/oracle.parquet and compared with the stored IHT runs) is :mod:`iht.study.oracle`; its
+figure is drawn by :mod:`iht.report.oracle`.
 
 Example::
 
     >>> import numpy as np
     >>> from iht.oracle import oracle
     >>> X = np.random.default_rng(0).normal(size=(40, 2)); y = (X[:, 0] + X[:, 1] > 0) * 1
-    >>> table = oracle(X, y, levels=[1, 2])                  # doctest: +SKIP
-    >>> table[["s", "value", "support", "status"]]            # doctest: +SKIP
+    >>> rows = oracle(X, y, levels=[1, 2])                    # doctest: +SKIP
+    >>> [(r["s"], r["value"], r["support"], r["status"]) for r in rows]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from numpy.typing import NDArray
-from tqdm import tqdm
 
-from .html_report import PageFigure, figure_png
-from .results import StoreError, _atomic_write_bytes
+from .errors import InvalidValueError
 
 __all__ = [
     "ATTAINED",
-    "ORACLE_FILE",
     "PARTLY_SEPARABLE",
     "SEPARABLE",
     "UNCONVERGED",
+    "SupportProblem",
     "SupportSolutions",
     "all_supports",
-    "comparison_table",
-    "format_comparison",
+    "check_levels",
+    "check_settings",
+    "level_summary",
     "oracle",
-    "oracle_command",
-    "oracle_figure",
-    "run_oracle",
     "solve_all_supports",
+    "solve_levels",
+    "solve_on",
     "solve_supports",
-    "split_data",
 ]
 
 ATTAINED = "attained"
@@ -142,7 +134,7 @@ Index = NDArray[np.int64]
 
 
 @dataclass(frozen=True)
-class _Problem:
+class SupportProblem:
     """One training set of the linear-softmax model, in the arrays the solver needs.
 
     Parameter k of theta is the weight of class ``cls[k]`` on column ``col[k]`` of
@@ -173,21 +165,21 @@ class _Problem:
         return int(self.cls.shape[0])
 
     @classmethod
-    def build(cls, X: Array, y: Index, n_classes: int | None) -> _Problem:
+    def build(cls, X: Array, y: Index, n_classes: int | None) -> SupportProblem:
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y)
         if X.ndim != 2 or y.shape != (X.shape[0],) or X.shape[0] == 0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"X must be (n, d) and y (n,) with n >= 1, got X {X.shape} and y {y.shape}"
             )
         if not np.isfinite(X).all():
-            raise ValueError("X holds NaN or infinite values")
+            raise InvalidValueError("X holds NaN or infinite values")
         if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+            raise InvalidValueError(f"y must hold integer class labels, got dtype {y.dtype}")
         y = y.astype(np.int64)
         n_cls = int(y.max()) + 1 if n_classes is None else int(n_classes)
         if n_cls < 2 or y.min() < 0 or y.max() >= n_cls:
-            raise ValueError(
+            raise InvalidValueError(
                 f"labels must lie in 0..{n_cls - 1} with at least 2 classes, "
                 f"got labels {int(y.min())}..{int(y.max())} and {n_cls} classes"
             )
@@ -281,7 +273,7 @@ class _NewtonResult:
 
 
 def _newton(
-    problem: _Problem,
+    problem: SupportProblem,
     sup: Index,
     active: Mask | None,
     theta0: Array,
@@ -354,7 +346,7 @@ def _newton(
 # ----------------------------------------------------------------------------------------
 # Certificates and the linear program
 # ----------------------------------------------------------------------------------------
-def _stiemke(problem: _Problem, sup: Index, p: Array, active: Mask | None, grad: Array) -> Mask:
+def _stiemke(problem: SupportProblem, sup: Index, p: Array, active: Mask | None, grad: Array) -> Mask:
     """True where the Newton point proves that the (reduced) minimum is attained.
 
     Stiemke's alternative: exactly one holds, (a) some d has M d <= 0 with M d != 0 (a
@@ -404,7 +396,7 @@ def _stiemke(problem: _Problem, sup: Index, p: Array, active: Mask | None, grad:
     return np.asarray(ok)
 
 
-def _separating_pairs(problem: _Problem, support: Index) -> Mask:
+def _separating_pairs(problem: SupportProblem, support: Index) -> Mask:
     """T: the pairs that some separating direction in the support makes negative (an LP).
 
     maximise sum u subject to M_S d + u <= 0, 0 <= u <= 1, d free. At every optimum u = 1
@@ -464,11 +456,22 @@ class SupportSolutions:
         """True where a minimiser exists (status ``attained``)."""
         return np.asarray(self.status == ATTAINED)
 
+    def position(self, support: Sequence[int]) -> int:
+        """The row of ``support`` (any order) among :attr:`supports`.
+
+        Raises:
+            ValueError: the support was not solved here.
+        """
+        found = np.flatnonzero(_bits(self.supports) == _bits(np.array([sorted(support)]))[0])
+        if not len(found):
+            raise InvalidValueError(f"support {sorted(support)} is not among the solved supports")
+        return int(found[0])
+
 
 def all_supports(size: int, s: int) -> Index:
     """Every support of size s of range(size), in lexicographic order: (C(size, s), s)."""
     if not 0 <= s <= size:
-        raise ValueError(f"s must be in 0..{size}, got {s}")
+        raise InvalidValueError(f"s must be in 0..{size}, got {s}")
     combos = np.fromiter(
         itertools.chain.from_iterable(itertools.combinations(range(size), s)),
         dtype=np.int64,
@@ -477,24 +480,25 @@ def all_supports(size: int, s: int) -> Index:
     return combos.reshape(math.comb(size, s), s)
 
 
-def _check_settings(gtol: float, max_iter: int, chunk: int) -> None:
+def check_settings(gtol: float, max_iter: int, chunk: int) -> None:
+    """Refuse solver settings out of range: gtol finite > 0, max_iter >= 1, chunk >= 1."""
     if not (gtol > 0 and math.isfinite(gtol)):
-        raise ValueError(f"gtol must be a finite number > 0, got {gtol}")
+        raise InvalidValueError(f"gtol must be a finite number > 0, got {gtol}")
     if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        raise InvalidValueError(f"max_iter must be >= 1, got {max_iter}")
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+        raise InvalidValueError(f"chunk must be >= 1, got {chunk}")
 
 
-def _check_supports(problem: _Problem, supports: Index | Sequence[Sequence[int]]) -> Index:
+def _check_supports(problem: SupportProblem, supports: Index | Sequence[Sequence[int]]) -> Index:
     sup = np.asarray(supports, dtype=np.int64)
     if sup.ndim != 2 or sup.shape[1] < 1:
-        raise ValueError(f"supports must be a (K, s) array with s >= 1, got shape {sup.shape}")
+        raise InvalidValueError(f"supports must be a (K, s) array with s >= 1, got shape {sup.shape}")
     if sup.size and (sup.min() < 0 or sup.max() >= problem.size):
-        raise ValueError(f"support indices must lie in 0..{problem.size - 1} (P = {problem.size})")
+        raise InvalidValueError(f"support indices must lie in 0..{problem.size - 1} (P = {problem.size})")
     sup = np.sort(sup, axis=1)
     if (np.diff(sup, axis=1) == 0).any():
-        raise ValueError("a support repeats a parameter index")
+        raise InvalidValueError("a support repeats a parameter index")
     return sup
 
 
@@ -538,8 +542,21 @@ def solve_supports(
         >>> sol = solve_supports(X, y, [[0, 4], [1, 7]])                    # doctest: +SKIP
         >>> sol.value, sol.status                                           # doctest: +SKIP
     """
-    _check_settings(gtol, max_iter, chunk)
-    problem = _Problem.build(X, y, n_classes)
+    check_settings(gtol, max_iter, chunk)
+    return solve_on(
+        SupportProblem.build(X, y, n_classes), supports, gtol=gtol, max_iter=max_iter, chunk=chunk
+    )
+
+
+def solve_on(
+    problem: SupportProblem,
+    supports: Index | Sequence[Sequence[int]],
+    *,
+    gtol: float = 1e-9,
+    max_iter: int = 100,
+    chunk: int = 2048,
+) -> SupportSolutions:
+    """:func:`solve_supports` on a problem already built (:meth:`SupportProblem.build`)."""
     return _solve(problem, _check_supports(problem, supports), None, gtol, max_iter, chunk)
 
 
@@ -555,7 +572,7 @@ class _Seed:
 
 
 def _solve(
-    problem: _Problem,
+    problem: SupportProblem,
     sup: Index,
     seed: _Seed | None,
     gtol: float,
@@ -611,7 +628,7 @@ class _Work:
 
 
 def _solve_chunk(
-    problem: _Problem, sup: Index, seed: _Seed | None, *, gtol: float, max_iter: int
+    problem: SupportProblem, sup: Index, seed: _Seed | None, *, gtol: float, max_iter: int
 ) -> SupportSolutions:
     """Certified restricted optima of a chunk of supports (see the module docstring).
 
@@ -721,7 +738,7 @@ def _solve_chunk(
 
 
 def _reduce(
-    problem: _Problem,
+    problem: SupportProblem,
     sup: Index,
     rows: Index,
     t_sets: Mask,
@@ -773,13 +790,13 @@ def _subset(res: _NewtonResult, keep: Mask) -> _NewtonResult:
     )
 
 
-def _pair_margins(problem: _Problem, sup: Index, theta: Array) -> Array:
+def _pair_margins(problem: SupportProblem, sup: Index, theta: Array) -> Array:
     """(K, pairs) margins m_ic of theta (K, s) on the supports sup."""
     m = problem.pairs[:, sup]  # (pairs, K, s)
     return np.asarray(np.einsum("qks,ks->kq", m, theta))
 
 
-def _separates(problem: _Problem, sup: Index, v: Array, t_hat: Mask) -> Mask:
+def _separates(problem: SupportProblem, sup: Index, v: Array, t_hat: Mask) -> Mask:
     """True where a direction d in span(S) has m_ic(d) < 0 on T_hat and = 0 off T_hat.
 
     d is v projected on the null space of the margin rows off T_hat; the check allows
@@ -819,10 +836,10 @@ def solve_all_supports(
         >>> sol = solve_all_supports(X_std_train, y_train, 5)          # doctest: +SKIP
         >>> sol.supports[sol.value.argmin()], sol.value.min()          # doctest: +SKIP
     """
-    _check_settings(gtol, max_iter, chunk)
-    problem = _Problem.build(X, y, n_classes)
+    check_settings(gtol, max_iter, chunk)
+    problem = SupportProblem.build(X, y, n_classes)
     if not 1 <= s <= problem.size:
-        raise ValueError(f"s must be in 1..{problem.size} (P = {problem.size}), got {s}")
+        raise InvalidValueError(f"s must be in 1..{problem.size} (P = {problem.size}), got {s}")
     return _solve(problem, all_supports(problem.size, s), None, gtol, max_iter, chunk)
 
 
@@ -861,7 +878,7 @@ def _from_subsets(prev: SupportSolutions, sup: Index) -> _Seed:
     return _Seed(lower, start)
 
 
-def _polish(problem: _Problem, sol: SupportSolutions, rows: Index, steps: int = 5) -> None:
+def _polish(problem: SupportProblem, sol: SupportSolutions, rows: Index, steps: int = 5) -> None:
     """A few more Newton steps (to the float64 floor) on the supports ``rows``, in place.
 
     ||grad_S|| <= gtol = 1e-9 leaves f about ||grad||^2 / (2 mu) above its infimum, which
@@ -889,8 +906,8 @@ def _polish(problem: _Problem, sol: SupportSolutions, rows: Index, steps: int = 
         sol.theta[upd[:, None], sup[better]] = res.theta[better]
 
 
-def _levels(
-    problem: _Problem,
+def solve_levels(
+    problem: SupportProblem,
     levels: Sequence[int],
     *,
     gtol: float,
@@ -921,7 +938,7 @@ def _levels(
     return out
 
 
-def _summary(sol: SupportSolutions, s: int, seconds: float, tie_tol: float) -> dict[str, Any]:
+def level_summary(sol: SupportSolutions, s: int, seconds: float, tie_tol: float) -> dict[str, Any]:
     """One level's row of :func:`oracle` (see there for the columns)."""
     value = sol.value
     best = float(value.min())
@@ -964,7 +981,7 @@ def oracle(
     tie_tol: float = 1e-9,
     max_iter: int = 100,
     chunk: int = 2048,
-) -> pd.DataFrame:
+) -> list[dict[str, Any]]:
     """The exact optimum of min f(theta) s.t. ||theta||_0 <= s, for each s in ``levels``.
 
     Solves every support of size s (the optimum over ||theta||_0 <= s is the best of them),
@@ -982,7 +999,7 @@ def oracle(
         chunk: supports per batch.
 
     Returns:
-        One row per level, by s: ``s``, ``n_supports`` = C(P, s), ``value`` (the optimum,
+        One row (a dict) per level, by s: ``s``, ``n_supports`` = C(P, s), ``value`` (the optimum,
         an infimum when not attained), ``attained`` (some optimal support has a
         minimiser), ``status`` and ``support`` (sorted indices) and ``theta`` (P values) of
         one optimal support (an attained one when there is one, else the first in
@@ -997,682 +1014,26 @@ def oracle(
         ValueError: bad data, levels or settings.
 
     Example:
-        >>> table = oracle(X_std_train, y_train, levels=range(1, 15))      # doctest: +SKIP
-        >>> table[["s", "value", "attained", "support"]]                    # doctest: +SKIP
+        >>> rows = oracle(X_std_train, y_train, levels=range(1, 15))       # doctest: +SKIP
+        >>> rows[4]["value"], rows[4]["support"]                           # doctest: +SKIP
     """
-    _check_settings(gtol, max_iter, chunk)
+    check_settings(gtol, max_iter, chunk)
     if not (tie_tol >= 0 and math.isfinite(tie_tol)):
-        raise ValueError(f"tie_tol must be a finite number >= 0, got {tie_tol}")
-    problem = _Problem.build(X, y, n_classes)
-    asked = _check_levels(levels, problem.size)
-    solved = _levels(problem, asked, gtol=gtol, max_iter=max_iter, chunk=chunk)
-    rows = [_summary(sol, s, sec, tie_tol) for s, (sol, sec) in sorted(solved.items())]
-    return pd.DataFrame(rows)
+        raise InvalidValueError(f"tie_tol must be a finite number >= 0, got {tie_tol}")
+    problem = SupportProblem.build(X, y, n_classes)
+    asked = check_levels(levels, problem.size)
+    solved = solve_levels(problem, asked, gtol=gtol, max_iter=max_iter, chunk=chunk)
+    rows = [level_summary(sol, s, sec, tie_tol) for s, (sol, sec) in sorted(solved.items())]
+    return rows
 
 
-def _check_levels(levels: Sequence[int], size: int) -> list[int]:
+def check_levels(levels: Sequence[int], size: int) -> list[int]:
+    """The distinct levels, sorted; each must lie in 1..size."""
     asked = sorted({int(s) for s in levels})
     if not asked or asked[0] < 1 or asked[-1] > size:
-        raise ValueError(
+        raise InvalidValueError(
             f"levels must be sparsity levels in 1..{size} (P = {size}), got {levels!r}"
         )
     return asked
 
 
-# ----------------------------------------------------------------------------------------
-# The oracle of a stored study
-# ----------------------------------------------------------------------------------------
-#: The oracle's results in a study directory: one row per (split index, s).
-ORACLE_FILE = "oracle.parquet"
-#: An IHT run whose training loss is below the optimum by more than this is a bug.
-VIOLATION_TOL = 1e-9
-
-
-def split_data(dataset: str, train_idx: Sequence[int]) -> tuple[Array, Index]:
-    """The training features (standardised with the training rows' mean and std, as the
-    study's runs see them) and labels of one split of a built-in data set."""
-    from .data import load_builtin, standardise
-
-    data = load_builtin(dataset)
-    train = np.asarray(train_idx, dtype=np.int64)
-    return standardise(data.X, train)[train], data.y[train]
-
-
-def _study_splits(frame: pd.DataFrame, config: Any, indices: Sequence[int]) -> dict[int, Any]:
-    """(data seed, training indices) of each split index, checked against the stored runs.
-
-    Every stored run with index i must have the same split, the one its data seed draws.
-    """
-    from .data import random_split
-    from .study import DENSE, P, run_seeds
-
-    out: dict[int, Any] = {}
-    runs = frame[frame["kind"].isin(["dense", "iht"])]
-    for i in indices:
-        seed = run_seeds(config, DENSE, P, i).data_seed
-        train, _ = random_split(150, config.n_train, seed=seed)
-        for row in runs[runs["index"] == i].to_dict("records"):
-            if int(row["data_seed"]) != seed or list(row["train_idx"]) != train.tolist():
-                raise StoreError(
-                    f"stored run {row['run_id']} does not use split {i} of the config "
-                    f"(data seed {seed}); the store is inconsistent"
-                )
-        out[i] = (seed, train)
-    return out
-
-
-def _iht_columns(
-    run: Any, row: dict[str, Any], problem: _Problem, sol: SupportSolutions, gtol: float
-) -> dict[str, Any]:
-    """The stored IHT run on the same split and level, compared with the optimum."""
-    if run is None:
-        return {
-            "iht_run_id": None,
-            "iht_train_loss": math.nan,
-            "iht_loss_float64": math.nan,
-            "iht_gap": math.nan,
-            "iht_support": None,
-            "iht_found": None,
-            "iht_support_value": math.nan,
-            "iht_support_status": None,
-            "iht_violation": None,
-        }
-    theta = np.asarray(run["theta_final"], dtype=np.float64)[None, :]
-    every = np.arange(problem.size)[None, :]
-    loss64 = float(problem.loss(theta, every, None)[0])
-    support = sorted(int(k) for k in run["support"])
-    optimal = {tuple(o) for o in row["optimal_supports"]}
-    found = any(set(support) <= set(o) for o in optimal)
-    # The infimum over the run's own support: the lookup of the level's solutions, or a
-    # solve of its own when the run ended with fewer than s nonzeros.
-    if len(support) == sol.supports.shape[1]:
-        pos = np.flatnonzero(_bits(sol.supports) == _bits(np.array([support]))[0])[0]
-        own_value, own_status = float(sol.value[pos]), str(sol.status[pos])
-    elif support:
-        own = _solve(problem, np.array([support]), None, gtol, 100, 1)
-        own_value, own_status = float(own.value[0]), str(own.status[0])
-    else:
-        own_value, own_status = float(problem.loss(theta * 0, every, None)[0]), ATTAINED
-    return {
-        "iht_run_id": str(run["run_id"]),
-        "iht_train_loss": float(run["train_loss"]),
-        "iht_loss_float64": loss64,
-        "iht_gap": float(run["train_loss"]) - row["value"],
-        "iht_support": support,
-        "iht_found": bool(found),
-        "iht_support_value": own_value,
-        "iht_support_status": own_status,
-        "iht_violation": bool(loss64 < row["value"] - VIOLATION_TOL),
-    }
-
-
-def run_oracle(
-    directory: str | Path,
-    *,
-    splits: int = 10,
-    levels: Sequence[int] | None = None,
-    gtol: float = 1e-9,
-    tie_tol: float = 1e-9,
-    max_iter: int = 100,
-    overwrite: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
-) -> pd.DataFrame:
-    """The exact optimum on the first ``splits`` data splits of a stored study, stored.
-
-    Split index i (0 <= i < splits) is the split of the dense run i and of the IHT runs i
-    at every level; for each such split and each level s this computes :func:`oracle`,
-    compares it with the stored IHT run (i, s), and stores one row per (i, s) in
-    ``DIR/oracle.parquet`` (the columns of :func:`oracle` plus ``index``, ``data_seed``,
-    ``train_idx``, ``gtol``, ``tie_tol`` and the ``iht_*`` comparison: the run's stored
-    ``iht_train_loss``, its loss recomputed in float64 at its stored parameters
-    ``iht_loss_float64``, ``iht_gap`` = iht_train_loss - value, ``iht_support``,
-    ``iht_found`` (its support is inside an optimal support), ``iht_support_value`` and
-    ``iht_support_status`` (the infimum over its own support) and ``iht_violation`` (its
-    float64 loss is below the optimum by more than 1e-9: a bug, never expected)).
-
-    Rows already stored are kept and not recomputed; only missing (i, s) rows are added.
-    A file made with other settings (gtol, tie_tol) or for another study is refused unless
-    ``overwrite``, which moves it aside (``oracle-replaced-TIMESTAMP.parquet``).
-
-    Returns:
-        Every row stored for the splits and levels asked, by index and s.
-
-    Raises:
-        StoreError: no study in ``directory``, or an oracle file that does not fit.
-        ValueError: bad splits, levels or settings.
-    """
-    from .results import ResultStore
-    from .study import IHT, P
-
-    _check_settings(gtol, max_iter, 1)
-    if not (tie_tol >= 0 and math.isfinite(tie_tol)):
-        raise ValueError(f"tie_tol must be a finite number >= 0, got {tie_tol}")
-    store = ResultStore(directory)
-    if not store.config_path.exists():
-        raise StoreError(f"{store.directory} holds no study (no config.json)")
-    config = store.read_config()
-    frame = store.load()
-    if not 1 <= splits <= config.runs:
-        raise ValueError(f"splits must be in 1..{config.runs} (the study's runs), got {splits}")
-    asked = _check_levels(config.levels if levels is None else levels, P - 1)
-    indices = list(range(splits))
-    split_of = _study_splits(frame, config, indices)
-
-    path = store.directory / ORACLE_FILE
-    stored = _read_oracle(path) if path.exists() else None
-    if stored is not None:
-        problem_msg = _mismatch(stored, split_of, gtol, tie_tol)
-        if problem_msg:
-            if not overwrite:
-                raise StoreError(
-                    f"{path} was made {problem_msg}; use --overwrite to move it aside "
-                    "and compute it again"
-                )
-            aside = path.with_name(f"oracle-replaced-{time.strftime('%Y%m%d-%H%M%S')}.parquet")
-            path.rename(aside)
-            log(f"moved the earlier oracle results to {aside}")
-            stored = None
-    have = set() if stored is None else set(zip(stored["index"], stored["s"], strict=True))
-    todo = [i for i in indices if any((i, s) not in have for s in asked)]
-    if len(todo) < len(indices):
-        log(f"{len(indices) - len(todo)} of {len(indices)} splits already stored in {path}")
-
-    iht = frame[frame["kind"] == IHT]
-    runs = {(int(r["index"]), int(r["sparsity"])): r for r in iht.to_dict("records")}
-    per_split = sum(math.comb(P, s) for s in range(1, max(asked) + 1))
-    bar = tqdm(
-        total=per_split * len(todo),
-        unit="support",
-        disable=not progress or not todo,
-        dynamic_ncols=True,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total} supports [{elapsed}<{remaining}, {rate_fmt}]",
-    )
-    new_rows: list[dict[str, Any]] = []
-    try:
-        for i in todo:
-            seed, train = split_of[i]
-            bar.set_description(f"oracle split {i}")
-            X, y = split_data(config.dataset, train)
-            problem = _Problem.build(X, y, None)
-            t0 = time.perf_counter()
-            solved = _levels(
-                problem,
-                asked,
-                gtol=gtol,
-                max_iter=max_iter,
-                chunk=2048,
-                on_level=lambda _s, n: bar.update(n),
-            )
-            for s, (sol, seconds) in sorted(solved.items()):
-                if (i, s) in have:
-                    continue
-                row = _summary(sol, s, seconds, tie_tol)
-                row.update(
-                    {
-                        "index": i,
-                        "data_seed": seed,
-                        "train_idx": train.tolist(),
-                        "gtol": gtol,
-                        "tie_tol": tie_tol,
-                    }
-                )
-                row.update(_iht_columns(runs.get((i, s)), row, problem, sol, gtol))
-                new_rows.append(row)
-            log(f"split {i}: {time.perf_counter() - t0:.1f} s for levels 1..{max(asked)}")
-    finally:
-        bar.close()
-        if new_rows:
-            parts = [pd.DataFrame(new_rows)]
-            if stored is not None:
-                parts.insert(0, stored)
-            table = pd.concat(parts, ignore_index=True).sort_values(["index", "s"])
-            _atomic_write_parquet(path, table.reset_index(drop=True))
-    result = _read_oracle(path) if path.exists() else pd.DataFrame()
-    return result[result["index"].isin(indices) & result["s"].isin(asked)].reset_index(drop=True)
-
-
-def _read_oracle(path: Path) -> pd.DataFrame:
-    try:
-        return pq.read_table(path).to_pandas()
-    except (OSError, pa.ArrowException) as exc:
-        raise StoreError(
-            f"{path} cannot be read ({exc}); move it aside or use --overwrite"
-        ) from None
-
-
-def _mismatch(stored: pd.DataFrame, split_of: dict[int, Any], gtol: float, tie_tol: float) -> str:
-    """Why a stored oracle file does not fit this request ('' when it does)."""
-    settings = stored[["gtol", "tie_tol"]].drop_duplicates()
-    if len(settings) != 1 or (
-        float(settings["gtol"].iloc[0]),
-        float(settings["tie_tol"].iloc[0]),
-    ) != (gtol, tie_tol):
-        shown = ", ".join(
-            f"gtol={float(r['gtol']):g}, tie_tol={float(r['tie_tol']):g}"
-            for r in settings.to_dict("records")
-        )
-        return f"with other settings ({shown}; asked gtol={gtol:g}, tie_tol={tie_tol:g})"
-    for row in stored[["index", "data_seed"]].drop_duplicates().to_dict("records"):
-        i, seed = int(row["index"]), int(row["data_seed"])
-        if i in split_of and seed != split_of[i][0]:
-            return f"for another study (split {i} has data seed {seed})"
-    return ""
-
-
-def _atomic_write_parquet(path: Path, table: pd.DataFrame) -> None:
-    """Write ``table`` as Parquet with the store's atomic writer: whole or absent."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), sink)
-    _atomic_write_bytes(path, sink.getvalue().to_pybytes())
-
-
-def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per level: the optimum over the splits and the stored IHT runs on the same splits.
-
-    Columns (one row per s): ``splits``, ``optimum_median``, ``optimum_min``,
-    ``optimum_max``, ``attained`` (splits whose optimum is attained), ``separable`` (splits
-    whose optimum is 0), ``iht_runs``, ``iht_median``, ``iht_q25``, ``iht_q75`` (stored
-    training loss), ``gap_min`` and ``gap_median`` (IHT loss - optimum), ``found_share``
-    (IHT runs whose support is inside an optimal support), ``own_gap_median`` (IHT loss -
-    the infimum over the run's own support: how far IHT stopped from the best point of the
-    support it chose), ``violations`` (IHT runs below the optimum: bugs),
-    ``optimal_share`` (mean over splits of the share of all C(P, s) supports that are
-    optimal: the chance that a uniformly random support is) and ``seconds`` (median time
-    per split, every support of that level).
-    """
-    rows = []
-    for s in sorted(table["s"].unique()):
-        g = table[table["s"] == s]
-        iht = g[g["iht_run_id"].notna()]
-        loss = iht["iht_train_loss"].astype(float)
-        rows.append(
-            {
-                "s": int(s),
-                "splits": len(g),
-                "optimum_median": float(g["value"].median()),
-                "optimum_min": float(g["value"].min()),
-                "optimum_max": float(g["value"].max()),
-                "attained": int(g["attained"].sum()),
-                "separable": int((g["status"] == SEPARABLE).sum()),
-                "iht_runs": len(iht),
-                "iht_median": float(loss.median()) if len(iht) else math.nan,
-                "iht_q25": float(loss.quantile(0.25)) if len(iht) else math.nan,
-                "iht_q75": float(loss.quantile(0.75)) if len(iht) else math.nan,
-                "gap_min": float(iht["iht_gap"].min()) if len(iht) else math.nan,
-                "gap_median": float(iht["iht_gap"].median()) if len(iht) else math.nan,
-                "found_share": float(iht["iht_found"].astype(bool).mean())
-                if len(iht)
-                else math.nan,
-                "own_gap_median": float((loss - iht["iht_support_value"]).median())
-                if len(iht)
-                else math.nan,
-                "violations": int(iht["iht_violation"].astype(bool).sum()),
-                "optimal_share": float((g["n_optimal"] / g["n_supports"]).mean()),
-                "seconds": float(g["seconds"].median()),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def format_comparison(comp: pd.DataFrame) -> str:
-    """A fixed-width text rendering of :func:`comparison_table` for the terminal."""
-    header = (
-        f"{'s':>3} {'splits':>6} {'optimum (median)':>16} {'attained':>8} {'inf 0':>5} "
-        f"{'IHT loss (median)':>17} {'IHT - opt (min)':>15} {'found opt. support':>18} "
-        f"{'IHT - own inf':>13} {'s/split':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in comp.to_dict("records"):
-        attained = f"{r['attained']}/{r['splits']}"
-        lines.append(
-            f"{r['s']:>3} {r['splits']:>6} {r['optimum_median']:>16.6f} "
-            f"{attained:>8} {r['separable']:>5} {r['iht_median']:>17.6f} "
-            f"{r['gap_min']:>15.2e} {r['found_share']:>18.0%} {r['own_gap_median']:>13.2e} "
-            f"{r['seconds']:>8.2f}"
-        )
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------
-# The report's figure
-# ----------------------------------------------------------------------------------------
-def oracle_figure(directory: str | Path, frame: pd.DataFrame, config: Any) -> PageFigure:
-    """The report figure ``oracle``: the optimum against IHT on the same splits.
-
-    Left: per s, the optimum of each split (filled: attained; open: an infimum that no
-    network attains; at the floor: infimum 0, separable) over the box of the stored IHT
-    runs' training loss on those splits (log scale). Right: the share of those IHT runs
-    whose final support is an optimal support. Returns a :class:`iht.html_report.PageFigure`.
-    """
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    from .report import _IHT_EDGE, _IHT_FACE, _log_y, _new_figure, _s_axis
-
-    title = "The exact optimum vs IHT on the same splits"
-    try:
-        table = _read_oracle(Path(directory) / ORACLE_FILE)
-    except StoreError as exc:
-        return PageFigure("oracle", title, None, f"{exc}. The figure is skipped.")
-    study_seeds = dict(
-        zip(frame["index"].astype(int), frame["data_seed"].astype(int), strict=False)
-    )
-    stale = [
-        int(i)
-        for i, seed in zip(table["index"], table["data_seed"], strict=True)
-        if study_seeds.get(int(i), int(seed)) != int(seed)
-    ]
-    if stale:
-        return PageFigure(
-            "oracle",
-            title,
-            None,
-            f"{ORACLE_FILE} was computed for another study (split {stale[0]} has another data "
-            "seed); run `iht oracle DIR --overwrite` again. The figure is skipped.",
-        )
-    table = _refresh_iht(table, frame)
-    comp = comparison_table(table)
-    levels = [int(s) for s in comp["s"]]
-    fig, (left, right) = _new_figure(2, width=13.0)
-
-    losses = [
-        table.loc[(table["s"] == s) & table["iht_run_id"].notna(), "iht_train_loss"]
-        .astype(float)
-        .to_numpy()
-        for s in levels
-    ]
-    shown = [(s, v[v > 0]) for s, v in zip(levels, losses, strict=True) if len(v[v > 0])]
-    if shown:
-        left.boxplot(
-            [v for _, v in shown],
-            positions=[float(s) for s, _ in shown],
-            widths=0.6,
-            patch_artist=True,
-            boxprops={"facecolor": _IHT_FACE, "edgecolor": _IHT_EDGE},
-            whiskerprops={"color": _IHT_EDGE},
-            capprops={"color": _IHT_EDGE},
-            medianprops={"color": "black", "linewidth": 1.5},
-            flierprops={"marker": ".", "markersize": 3, "alpha": 0.5},
-        )
-    positive = table.loc[table["value"] > 0, "value"].astype(float)
-    all_pos = np.concatenate([positive.to_numpy(), *[v[v > 0] for v in losses]])
-    floor = float(all_pos.min()) / 3 if len(all_pos) else 1e-3
-    n_splits = int(table["index"].nunique())
-    offsets = np.linspace(-0.22, 0.22, max(n_splits, 1))
-    index_pos = {int(i): k for k, i in enumerate(sorted(table["index"].unique()))}
-    for row in table.to_dict("records"):
-        x = float(row["s"]) + float(offsets[index_pos[int(row["index"])]])
-        value = float(row["value"])
-        if row["status"] == SEPARABLE or value <= 0:
-            left.plot(x, floor, marker="v", color="crimson", markersize=6, linestyle="none")
-        elif bool(row["attained"]):
-            left.plot(x, value, marker="o", color="darkgreen", markersize=4.5, linestyle="none")
-        else:
-            left.plot(
-                x,
-                value,
-                marker="o",
-                markerfacecolor="none",
-                markeredgecolor="darkgreen",
-                markersize=5,
-                linestyle="none",
-            )
-    _log_y(left)
-    left.axhline(config.tol, color="crimson", linestyle=":", linewidth=1.5)
-    left.set_ylim(bottom=floor / 1.5)
-    handles: list[Any] = [
-        Patch(facecolor=_IHT_FACE, edgecolor=_IHT_EDGE, label="IHT runs on these splits"),
-        Line2D([], [], marker="o", color="darkgreen", linestyle="none", label="optimum, attained"),
-        Line2D(
-            [],
-            [],
-            marker="o",
-            markerfacecolor="none",
-            markeredgecolor="darkgreen",
-            linestyle="none",
-            label="optimum, infimum not attained",
-        ),
-        Line2D(
-            [],
-            [],
-            marker="v",
-            color="crimson",
-            linestyle="none",
-            label="infimum 0 (separable), drawn at the floor",
-        ),
-        Line2D([], [], color="crimson", linestyle=":", label=f"tol = {config.tol:g}"),
-    ]
-    left.legend(handles=handles, loc="best", fontsize=8)
-    left.set_ylabel("training loss (cross-entropy, log scale)")
-    left.set_title(f"Optimum of every split (markers) and IHT's loss (boxes), {n_splits} splits")
-    _s_axis(left, levels, dense=False)
-
-    shares = comp["found_share"].to_numpy(dtype=np.float64)
-    right.bar(
-        [float(s) for s in levels],
-        np.nan_to_num(shares),
-        width=0.6,
-        color=_IHT_FACE,
-        edgecolor=_IHT_EDGE,
-    )
-    for s, f in zip(levels, shares, strict=True):
-        if math.isfinite(f):
-            right.text(float(s), f + 0.015, f"{f:.0%}", ha="center", va="bottom", fontsize=7.5)
-    right.plot(
-        [float(s) for s in levels],
-        comp["optimal_share"].to_numpy(dtype=np.float64),
-        marker="_",
-        markersize=22,
-        markeredgewidth=2,
-        color="black",
-        linestyle="none",
-        label="share of all supports that are optimal (chance)",
-    )
-    right.legend(loc="upper left", fontsize=8)
-    right.set_ylim(0, 1.15)
-    right.set_ylabel("share of IHT runs on an optimal support")
-    right.set_title("IHT runs whose final support is optimal")
-    _s_axis(right, levels, dense=False)
-
-    caption = _oracle_caption(comp, config, n_splits)
-    return PageFigure("oracle", title, figure_png(fig), caption)
-
-
-def _refresh_iht(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
-    """The ``iht_*`` columns taken again from the runs stored now.
-
-    The optimum depends only on the split, but the IHT runs of a study made again in the
-    same directory (``--overwrite``, same seed) may differ from those the oracle saw: the
-    figure always compares with the stored runs. The infimum over a run's own support is
-    kept only where the run is unchanged.
-    """
-    from .study import IHT
-
-    iht = frame[frame["kind"] == IHT]
-    now = {(int(r["index"]), int(r["sparsity"])): r for r in iht.to_dict("records")}
-    cols: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "iht_run_id",
-            "iht_train_loss",
-            "iht_gap",
-            "iht_support",
-            "iht_found",
-            "iht_violation",
-            "iht_support_value",
-        )
-    }
-    for row in table.to_dict("records"):
-        run = now.get((int(row["index"]), int(row["s"])))
-        if run is None:
-            missing = (None, math.nan, math.nan, None, None, None, math.nan)
-            for k, v in zip(cols, missing, strict=True):
-                cols[k].append(v)
-            continue
-        loss, value = float(run["train_loss"]), float(row["value"])
-        support = sorted(int(k) for k in run["support"])
-        old = row["iht_support"]
-        same = old is not None and loss == row["iht_train_loss"] and support == list(old)
-        cols["iht_run_id"].append(str(run["run_id"]))
-        cols["iht_train_loss"].append(loss)
-        cols["iht_gap"].append(loss - value)
-        cols["iht_support"].append(support)
-        cols["iht_found"].append(
-            any(set(support) <= {int(k) for k in o} for o in row["optimal_supports"])
-        )
-        cols["iht_violation"].append(loss < value - VIOLATION_TOL)
-        cols["iht_support_value"].append(row["iht_support_value"] if same else math.nan)
-    out = table.copy()
-    for name, values in cols.items():
-        out[name] = pd.Series(values, index=table.index, dtype=object)
-    return out
-
-
-def _oracle_caption(comp: pd.DataFrame, config: Any, n_splits: int) -> str:
-    def by_s(column: str, spec: str) -> str:
-        return ", ".join(
-            f"s={int(r['s'])}: {format(r[column], spec)}" for r in comp.to_dict("records")
-        )
-
-    tol = config.tol
-    text = (
-        f"For the first {n_splits} data splits of the study (split i is shared by the IHT "
-        "runs i of every level) the exact optimum of min f(θ) s.t. ‖θ‖₀ ≤ s, found by "
-        "minimising the convex training loss on every one of the C(15, s) supports with a "
-        "certificate for each (`iht oracle`). Left: the optimum of each split (markers; "
-        "filled = attained, open = an infimum no network attains because a direction in the "
-        "support separates part of the training set, triangles at the floor = infimum 0, the "
-        "support separates all of it) and the final training loss of the IHT run on the same "
-        f"split (boxes). Median optimum: {by_s('optimum_median', '.4g')}. Attained on "
-        f"{by_s('attained', 'd')} of {n_splits} splits; infimum 0 (separable) on "
-        f"{by_s('separable', 'd')}. Median IHT loss: "
-        f"{by_s('iht_median', '.4g')}. Right: share of those IHT runs whose final support "
-        f"is an optimal support: {by_s('found_share', '.0%')} (black dashes: the share of "
-        "all supports that are optimal, i.e. a random support's chance; where the optimum is "
-        "0 many supports tie)."
-    )
-    below = comp[comp["optimum_max"] < tol]
-    if len(below):
-        text += (
-            f" IHT stops at training loss ≤ tol = {tol:g}: from s = {int(below['s'].min())} "
-            f"the optimum of every split is below tol (median "
-            f"{float(below['optimum_median'].median()):.4g}), so IHT's loss sits at tol there "
-            "by its stopping rule, not because it could not go lower; a gap to the optimum "
-            "at these levels measures the stopping rule."
-        )
-    violations = int(comp["violations"].sum())
-    if violations:
-        text += (
-            f" WARNING: {violations} IHT run(s) have a training loss below the optimum: "
-            "a bug in the oracle or in the stored runs."
-        )
-    else:
-        text += (
-            f" No IHT run is below the optimum (smallest gap {float(comp['gap_min'].min()):.2e})."
-        )
-    return text
-
-
-# ----------------------------------------------------------------------------------------
-# The command
-# ----------------------------------------------------------------------------------------
-@click.command("oracle")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--splits",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Solve the first K data splits of the study (split i is that of runs i).",
-)
-@click.option("--levels", help="Sparsity levels, e.g. 1-14 or 1,5,10.  [default: the study's]")
-@click.option(
-    "--gtol",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1e-9,
-    show_default=True,
-    help="Newton's stopping test on the gradient norm on the support.",
-)
-@click.option(
-    "--tie-tol",
-    type=click.FloatRange(min=0),
-    default=1e-9,
-    show_default=True,
-    help="Supports within this of the best loss count as optimal.",
-)
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Replace an oracle file made with other settings (moved aside, not deleted).",
-)
-@click.option("--no-report", is_flag=True, help="Do not redraw the report.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@click.pass_context
-def oracle_command(
-    ctx: click.Context,
-    directory: Path,
-    splits: int,
-    levels: str | None,
-    gtol: float,
-    tie_tol: float,
-    overwrite: bool,
-    no_report: bool,
-    no_progress: bool,
-) -> None:
-    """The exact best s-sparse network on the first K splits of the study in DIRECTORY.
-
-    Solves the convex training problem on every support of every level (IRIS: 32,766
-    supports per split), stores DIRECTORY/oracle.parquet, prints the optimum against the
-    stored IHT runs on the same splits and redraws the report with the figure oracle.png.
-    Exits with code 1 if an IHT run is below the optimum (a bug).
-    """
-    from .cli import parse_levels
-
-    t0 = time.perf_counter()
-    table = run_oracle(
-        directory,
-        splits=splits,
-        levels=None if levels is None else parse_levels(levels),
-        gtol=gtol,
-        tie_tol=tie_tol,
-        overwrite=overwrite,
-        progress=not no_progress,
-        log=lambda msg: click.echo(msg, err=True),
-    )
-    click.echo(f"oracle: {directory / ORACLE_FILE} ({time.perf_counter() - t0:.1f} s)", err=True)
-    comp = comparison_table(table)
-    click.echo(format_comparison(comp))
-    click.echo(
-        "(optimum: median over splits; attained: splits with a minimiser; inf 0: splits "
-        "where the support separates the training set; IHT - opt: smallest IHT loss minus "
-        "optimum; found: "
-        "share of IHT runs whose support is optimal; IHT - own inf: median IHT loss minus "
-        "the infimum over its own support; s/split: median seconds per split for the level)"
-    )
-    unsolved = int(table["n_unconverged"].sum())
-    if unsolved:
-        click.echo(
-            f"iht oracle: {unsolved} support(s) have no certificate (status unconverged)",
-            err=True,
-        )
-    bad = table[table["iht_violation"].fillna(False).astype(bool)]
-    if not no_report:
-        from .report import write_report
-
-        html = write_report(directory, print_summary=False)
-        click.echo(f"report: {html}", err=True)
-    if len(bad):
-        click.echo("=" * 72, err=True)
-        click.echo(
-            f"BUG: {len(bad)} stored IHT run(s) have a training loss below the exact optimum:",
-            err=True,
-        )
-        for r in bad.to_dict("records"):
-            click.echo(
-                f"  {r['iht_run_id']}: loss {r['iht_loss_float64']:.12g} < optimum "
-                f"{r['value']:.12g} (split {r['index']}, s = {r['s']})",
-                err=True,
-            )
-        click.echo("=" * 72, err=True)
-        ctx.exit(1)

@@ -15,15 +15,19 @@ from typing import SupportsIndex, cast
 import torch
 from torch import Tensor
 
-from . import compiled_step
+from .errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
+    "COMPILED_THRESHOLD",
     "boundary_tie",
     "check_sparsity",
     "flatten",
     "hard_threshold",
+    "is_integer",
+    "kth_largest",
     "split_like",
     "threshold_mask",
+    "top_s_mask",
     "unflatten_",
 ]
 
@@ -35,15 +39,18 @@ def check_sparsity(s: object, size: int, *, name: str = "sparsity") -> int:
         TypeError: ``s`` is not an integer (floats, even 3.0, and bools are refused).
         ValueError: ``s`` is negative or larger than ``size``.
     """
-    if isinstance(s, bool) or not _is_integer(s):
-        raise TypeError(f"{name} must be an integer count of nonzeros in 0..{size}, got {s!r}")
+    if isinstance(s, bool) or not is_integer(s):
+        raise InvalidTypeError(
+            f"{name} must be an integer count of nonzeros in 0..{size}, got {s!r}"
+        )
     value = operator.index(cast(SupportsIndex, s))
     if value < 0 or value > size:
-        raise ValueError(f"{name} must be in 0..{size} (P = {size}), got {value}")
+        raise InvalidValueError(f"{name} must be in 0..{size} (P = {size}), got {value}")
     return value
 
 
-def _is_integer(s: object) -> bool:
+def is_integer(s: object) -> bool:
+    """Whether ``s`` is an integer in the sense of ``operator.index`` (int, numpy ints, ...)."""
     try:
         operator.index(cast(SupportsIndex, s))
     except TypeError:
@@ -73,25 +80,25 @@ def threshold_mask(x: Tensor, s: int) -> Tensor:
         ValueError: ``x`` contains NaN (its order is undefined), or ``s`` is out of range.
     """
     s = _check_input(x, s)
-    return _mask_unchecked(x, s)
+    return top_s_mask(x, s)
 
 
 def _check_input(x: Tensor, s: object) -> int:
     """Validate the operator's arguments once; return s as an int."""
-    if isinstance(s, bool) or not _is_integer(s):
-        raise TypeError(f"s must be a non-negative integer, got {s!r}")
+    if isinstance(s, bool) or not is_integer(s):
+        raise InvalidTypeError(f"s must be a non-negative integer, got {s!r}")
     value = operator.index(cast(SupportsIndex, s))
     if value < 0:
-        raise ValueError(f"s must be a non-negative integer, got {value}")
+        raise InvalidValueError(f"s must be a non-negative integer, got {value}")
     if x.dim() == 0:
-        raise ValueError("hard_threshold needs a tensor with at least one dimension")
+        raise InvalidValueError("hard_threshold needs a tensor with at least one dimension")
     if torch.isnan(x).any():
-        raise ValueError("hard_threshold got NaN entries; their order is undefined")
+        raise InvalidValueError("hard_threshold got NaN entries; their order is undefined")
     return value
 
 
 def _compiled_applies(x: Tensor) -> bool:
-    """Long flat CPU vectors take the compiled selection of :mod:`iht.compiled_step`."""
+    """Long flat CPU vectors take the compiled selection of :mod:`iht._kernels.iht_step`."""
     return (
         x.dim() == 1
         and x.numel() >= COMPILED_THRESHOLD
@@ -100,18 +107,25 @@ def _compiled_applies(x: Tensor) -> bool:
     )
 
 
-def _mask_unchecked(x: Tensor, s: int) -> Tensor:
+def top_s_mask(x: Tensor, s: int) -> Tensor:
+    """The mask of :func:`threshold_mask` without its checks: for callers that checked already.
+
+    ``x`` must hold no NaN and ``s`` must be an int (s <= 0 keeps nothing, s >= P everything).
+    Every module that needs H_s's kept set on validated input calls this one function.
+    """
     size = x.shape[-1]
     if s <= 0:
         return torch.zeros_like(x, dtype=torch.bool)
     if s >= size:
         return torch.ones_like(x, dtype=torch.bool)
     if _compiled_applies(x):
-        keep = compiled_step.threshold_flat_(x.clone(memory_format=torch.contiguous_format), s)
+        from ._kernels import iht_step
+
+        keep = iht_step.threshold_flat_(x.clone(memory_format=torch.contiguous_format), s)
         if keep is not None:
             return keep
     mag = x.abs()
-    kth = _kth_largest(mag, s)
+    kth = kth_largest(mag, s)
     keep = mag >= kth
     # Usually no tie crosses the boundary and every entry >= t is kept. Only when more than s
     # entries reach t must the tied ones be ranked by index (the smaller index wins).
@@ -132,19 +146,19 @@ def _count_last(mask: Tensor) -> Tensor:
     return torch.count_nonzero(mask, dim=-1)
 
 
-#: Flat CPU vectors at least this long take :func:`iht.compiled_step.threshold_flat_`.
+#: Flat CPU vectors at least this long take :func:`iht._kernels.iht_step.threshold_flat_`.
 COMPILED_THRESHOLD = 1 << 16
 
 #: Vectors at least this long find t by sampling (see :func:`_kth_largest_by_sampling`).
 SAMPLING_THRESHOLD = 1 << 20
 
 
-def _kth_largest(mag: Tensor, s: int) -> Tensor:
-    """The s-th largest value of every row of ``mag`` (>= 0), shape (..., 1). Exact.
+def kth_largest(mag: Tensor, s: int) -> Tensor:
+    """The s-th largest value of every row of ``mag`` (>= 0, 1 <= s <= P), shape (..., 1). Exact.
 
     Long vectors avoid ``topk`` with a sampled bracket (exact; it declines, falling back to
-    ``topk``, only when the sample misses). Long CPU vectors do not get here: they take
-    :func:`iht.compiled_step.threshold_flat_` first.
+    ``topk``, only when the sample misses). Long CPU vectors do not get here from
+    :func:`top_s_mask`: they take :func:`iht._kernels.iht_step.threshold_flat_` first.
     """
     if mag.dim() == 1 and mag.numel() >= SAMPLING_THRESHOLD:
         found = _kth_largest_by_sampling(mag, s)
@@ -206,10 +220,12 @@ def hard_threshold(x: Tensor, s: int) -> Tensor:
     if s >= x.shape[-1]:
         return x.clone()
     if s > 0 and _compiled_applies(x):
+        from ._kernels import iht_step
+
         out = x.clone(memory_format=torch.contiguous_format)
-        if compiled_step.threshold_flat_(out, s) is not None:
+        if iht_step.threshold_flat_(out, s) is not None:
             return out
-    return torch.where(_mask_unchecked(x, s), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(top_s_mask(x, s), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def boundary_tie(x: Tensor, s: int) -> Tensor:
@@ -236,7 +252,7 @@ def flatten(tensors: Iterable[Tensor]) -> Tensor:
     """Concatenate tensors into one flat vector, in iteration order (row-major each)."""
     parts = [t.reshape(-1) for t in tensors]
     if not parts:
-        raise ValueError("flatten needs at least one tensor")
+        raise InvalidValueError("flatten needs at least one tensor")
     return torch.cat(parts)
 
 
@@ -249,7 +265,7 @@ def split_like(flat: Tensor, tensors: Iterable[Tensor]) -> list[Tensor]:
     shapes = [t.shape for t in tensors]
     sizes = [shape.numel() for shape in shapes]
     if sum(sizes) != flat.numel():
-        raise ValueError(f"flat vector has {flat.numel()} entries, tensors take {sum(sizes)}")
+        raise InvalidValueError(f"flat vector has {flat.numel()} entries, tensors take {sum(sizes)}")
     return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
 
 

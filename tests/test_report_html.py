@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from iht import html_report
-from iht.html_report import (
+from iht.report import html as html_report
+from iht.report.html import (
     PageFigure,
     escape,
     figure_html,

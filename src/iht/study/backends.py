@@ -35,18 +35,20 @@ from typing import Any
 
 import torch
 
-from .study import DENSE, Chunk, StudyConfig, run_chunk
+from ..errors import BackendError
+from ..storage.files import first_line
+from .chunks import Chunk, run_chunk
+from .config import BACKENDS, DENSE, StudyConfig
+from .schema import RunRow
 
 __all__ = [
     "BACKENDS",
     "RAY_INSTALL_HINT",
-    "BackendError",
     "check_backend",
     "ray_chunks",
     "ray_session",
 ]
 
-BACKENDS = ("local", "ray")
 RAY_INSTALL_HINT = 'pip install "iht[ray]" (or pip install -e ".[ray]" in a clone of iht)'
 #: Environment of every Ray worker: one thread each, as many workers as CPUs.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
@@ -55,11 +57,7 @@ _WAIT_SECONDS = 0.5
 #: How long to wait for a HOST:PORT given as --address to accept a connection.
 _PROBE_SECONDS = 5.0
 
-Rows = list[dict[str, Any]]
-
-
-class BackendError(ValueError):
-    """The backend cannot be used as asked (unknown, not installed, cannot connect)."""
+Rows = list[RunRow]
 
 
 def check_backend(backend: str, address: str | None = None) -> None:
@@ -123,7 +121,7 @@ def ray_session(
         hint = ""
         if address and address.startswith("ray://") and "timeout" in str(exc).lower():
             hint = "; if the cluster uses token authentication, set RAY_AUTH_MODE=token here too"
-        raise BackendError(f"cannot start or reach Ray {where}: {_first_line(exc)}{hint}") from None
+        raise BackendError(f"cannot start or reach Ray {where}: {first_line(exc)}{hint}") from None
     try:
         log(f"ray: {int(ray.cluster_resources().get('CPU', 0))} CPUs {where}")
         yield ray
@@ -145,11 +143,6 @@ def _probe(address: str | None) -> None:
             f"nothing answers at {host}:{port} ({exc.strerror or exc}); start the cluster with "
             "`ray start --head`, or check the address"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def ray_chunks(

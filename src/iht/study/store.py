@@ -17,11 +17,14 @@ files it finds are leftovers of a killed writer and are removed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import time
+import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,24 +32,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .study import StudyConfig
+from ..errors import StoreError
+from ..storage.files import atomic_write_bytes, first_line, move_aside
+from .config import StudyConfig
+from .schema import RunRow
 
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock, and temporary files are left where they are
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ResultStore", "StoreError"]
+__all__ = ["ResultStore", "run_schema"]
 
 _LOCK = ".lock"
 #: This store's own temporary files in DIR (config, write probe) and in DIR/parts. (Not
 #: the report's: ``iht report`` may be writing beside us, without the lock.)
 _TEMP_GLOBS = (".config.json-*.tmp", ".probe-*")
 _PART_TEMP_GLOB = ".*.tmp"
-
-
-class StoreError(ValueError):
-    """The results directory cannot be used as asked (another config, unwritable, ...)."""
 
 
 class ResultStore:
@@ -89,7 +91,7 @@ class ResultStore:
         self._acquire_lock()
         self._remove_stale_temporaries()
         if not self.config_path.exists():
-            _atomic_write_bytes(self.config_path, config.to_json().encode())
+            atomic_write_bytes(self.config_path, config.to_json().encode())
         return self.check_parts()
 
     def _why(self, exc: OSError) -> str:
@@ -145,10 +147,19 @@ class ResultStore:
         )
 
     def read_config(self) -> StudyConfig:
+        """The stored config, checked.
+
+        Raises:
+            StoreError: ``config.json`` is missing, not JSON, or not a valid study config.
+        """
         try:
             return StudyConfig.from_dict(json.loads(self.config_path.read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
-            raise StoreError(f"{self.config_path} is not a valid study config: {exc}") from None
+        except FileNotFoundError:
+            raise StoreError(f"{self.directory} holds no study (no config.json)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            raise StoreError(
+                f"{self.config_path} is not a valid study config: {first_line(exc)}"
+            ) from None
 
     # -- parts ------------------------------------------------------------------------
     def done_keys(self) -> set[str]:
@@ -166,19 +177,19 @@ class ResultStore:
                 aside.mkdir(exist_ok=True)
                 shutil.move(str(path), aside / f"{path.name}.{time.time_ns()}")
                 warnings.append(
-                    f"part {path.name} is damaged ({_first_line(exc)}); moved to {aside}, "
+                    f"part {path.name} is damaged ({first_line(exc)}); moved to {aside}, "
                     "it will be recomputed"
                 )
         return warnings
 
-    def write_part(self, key: str, rows: list[dict[str, Any]]) -> None:
+    def write_part(self, key: str, rows: Sequence[RunRow]) -> None:
         """Store one chunk's rows atomically; a part is never replaced."""
         target = self.parts / f"{key}.parquet"
         if target.exists():
             raise StoreError(f"part {target} exists already; refusing to overwrite a stored result")
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows), sink)
-        _atomic_write_bytes(target, sink.getvalue().to_pybytes())
+        pq.write_table(pa.Table.from_pylist([r.to_dict() for r in rows], schema=run_schema()), sink)
+        atomic_write_bytes(target, sink.getvalue().to_pybytes())
 
     def load(self) -> pd.DataFrame:
         """Every stored run, one row each, ordered by kind, sparsity and index."""
@@ -195,36 +206,9 @@ class ResultStore:
             return pq.read_table(path).to_pandas()
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(
-                f"part {path} is damaged ({_first_line(exc)}); run the same `iht reproduce` "
+                f"part {path} is damaged ({first_line(exc)}); run the same `iht reproduce` "
                 "command again to move it aside and recompute it"
             ) from None
-
-
-def move_aside(directory: Path, entries: list[Path] | None = None) -> Path | None:
-    """Move ``entries`` (default: everything but earlier backups) to DIR/replaced-TIMESTAMP/.
-
-    Earlier results are never deleted; two moves within one second get distinct folders.
-    Returns the backup folder, or None when there was nothing to move.
-    """
-    if entries is None:
-        entries = [p for p in directory.iterdir() if not p.name.startswith("replaced-")]
-    if not entries:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    backup = directory / f"replaced-{stamp}"
-    counter = 1
-    while backup.exists():
-        counter += 1
-        backup = directory / f"replaced-{stamp}-{counter}"
-    backup.mkdir()
-    for path in entries:
-        shutil.move(str(path), backup / path.name)
-    return backup
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _differences(a: StudyConfig, b: StudyConfig) -> str:
@@ -233,25 +217,23 @@ def _differences(a: StudyConfig, b: StudyConfig) -> str:
     return "; ".join(diffs)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename: a reader sees old or new, whole."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+def run_schema() -> pa.Schema:
+    """The Arrow schema of a stored part: one column per :class:`RunRow` field, in order."""
+    kinds = {
+        "str": pa.string(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "list[int]": pa.list_(pa.int64()),
+        "list[float]": pa.list_(pa.float64()),
+    }
+    hints = typing.get_type_hints(RunRow)
+    return pa.schema(
+        [(f.name, kinds[_type_name(hints[f.name])]) for f in dataclasses.fields(RunRow)]
+    )
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is list:
+        return f"list[{typing.get_args(kind)[0].__name__}]"
+    return str(kind.__name__)

@@ -1,9 +1,9 @@
 """Self-contained HTML pages with embedded figures, as written by every ``iht`` report.
 
 A page is one file: inline CSS and each figure as a base64 PNG data URI, with no external
-assets, so it can be mailed or archived alone. :mod:`iht.report` (the study),
-:mod:`iht.train_cmd` (``iht train``), :mod:`iht.compare` (``iht compare``) and
-:mod:`iht.oracle` (its report figure) build their pages from these pieces.
+assets, so it can be mailed or archived alone. The study report (:mod:`iht.report.study`), the
+train report (:mod:`iht.report.train`), the comparison (:mod:`iht.report.compare`) and the
+oracle figure (:mod:`iht.report.oracle`) build their pages from these pieces.
 
 Example::
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .results import _atomic_write_bytes
+from ..storage.files import atomic_write_bytes
 
 if TYPE_CHECKING:  # matplotlib is imported by the modules that draw, not here
     from matplotlib.figure import Figure
@@ -91,7 +91,7 @@ def write_figures(directory: Path, figures: Iterable[PageFigure]) -> None:
         if fig.png is None:
             path.unlink(missing_ok=True)
         else:
-            _atomic_write_bytes(path, fig.png)
+            atomic_write_bytes(path, fig.png)
 
 
 def escape(text: object) -> str:

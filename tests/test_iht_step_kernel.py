@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import iht
-from iht import compiled_step
+from iht._kernels import iht_step as compiled_step
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -134,13 +134,10 @@ def test_optimizer_compiled_equals_torch_in_float64(every: int) -> None:
         second = [p.detach() for p in models[1].parameters()]
         for a, b in zip(first, second, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-        masks = [
-            opt.state[next(iter(m.parameters()))]["mask"]
-            for m, opt in zip(models, opts, strict=True)
-        ]
+        masks = [opt.pool_states["global"].mask for opt in opts]
         assert torch.equal(masks[0], masks[1])
         assert sum(int((p != 0).sum()) for p in first) <= 60
-    assert "threshold" in opts[0].state[next(iter(models[0].parameters()))]
+    assert opts[0].pool_states["global"].threshold is not None
 
 
 def test_auto_takes_the_compiled_step_for_large_pools_only() -> None:
@@ -151,7 +148,7 @@ def test_auto_takes_the_compiled_step_for_large_pools_only() -> None:
         opt = iht.IHT(model.parameters(), lr=0.1, sparsity=size // 10)
         nn.functional.cross_entropy(model(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
         opt.step()
-        assert ("threshold" in opt.state[next(iter(model.parameters()))]) is compiled
+        assert (opt.pool_states["global"].threshold is not None) is compiled
         assert sum(int((p != 0).sum()) for p in model.parameters()) <= size // 10
 
 
@@ -207,7 +204,7 @@ def test_a_mass_of_ties_takes_the_torch_path(monkeypatch: pytest.MonkeyPatch) ->
         params, _ = _pool([200, 200], seed=4, dtype=torch.float64, top=1)
         opt = iht.IHT(params, lr=0.5, sparsity=150, kernel=kernel)
         opt.step()
-        results.append((torch.cat([p.reshape(-1) for p in params]), opt.state[params[0]]["mask"]))
+        results.append((torch.cat([p.reshape(-1) for p in params]), opt.pool_states["global"].mask))
     assert compiled_step.plan_step(*_pool([200, 200], 4, torch.float64, 1), 150) is None
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
@@ -215,10 +212,13 @@ def test_a_mass_of_ties_takes_the_torch_path(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_ineligible_pools() -> None:
     p = torch.zeros(4, 4)
-    assert not compiled_step.eligible([p])  # no gradient
+    assert compiled_step.eligible([p])  # no gradient: read as it is (x = theta)
     p.grad = torch.zeros(4, 4)
     assert compiled_step.eligible([p])
-    assert not compiled_step.eligible([p.t()])  # not contiguous (and no grad)
+    assert not compiled_step.eligible([p.t()])  # not contiguous
+    p.grad = torch.zeros(4, 4).t()
+    assert not compiled_step.eligible([p])  # a gradient that is not contiguous
+    p.grad = torch.zeros(4, 4)
     q = torch.zeros(3, dtype=torch.float64)
     q.grad = torch.zeros(3, dtype=torch.float64)
     assert not compiled_step.eligible([p, q])  # mixed dtypes

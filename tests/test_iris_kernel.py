@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iht import fastpath
-from iht.study import StudyConfig, plan_chunks, run_chunk
+from iht._kernels import iris as fastpath
+from iht.study.chunks import plan_chunks, run_chunk
+from iht.study.config import StudyConfig
 from iht.threshold import hard_threshold
+
+
+def chunk_rows(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """A chunk's runs as dicts (the stored rows)."""
+    return [row.to_dict() for row in run_chunk(*args, **kwargs)]
+
 
 FLOATS64 = st.floats(min_value=-700.0, max_value=0.0, allow_nan=False)
 
@@ -128,8 +137,8 @@ def test_numba_engine_equals_torch_engine_on_a_study_chunk(level: int) -> None:
         for c in chunks
         if (c.kind == "dense" and level == 0) or (c.sparsity == level and c.kind == "iht")
     )
-    rows_numba = run_chunk(StudyConfig(engine="numba", **common), chunk, {})
-    rows_torch = run_chunk(StudyConfig(engine="torch", **common), chunk, {})
+    rows_numba = chunk_rows(StudyConfig(engine="numba", **common), chunk, {})
+    rows_torch = chunk_rows(StudyConfig(engine="torch", **common), chunk, {})
     for a, b in zip(rows_numba, rows_torch, strict=True):
         assert a["steps"] == b["steps"] and a["support"] == b["support"]
         for key, value in a.items():

@@ -23,9 +23,12 @@ flat indices (as :func:`iht.hard_threshold`).
 2. **Write pass.** theta_i <- x_i where |x_i| >= t, 0 elsewhere, and the dropped ties are zeroed.
    The same mask is written out for :class:`iht.IHT`'s ``threshold_every``.
 
+A tensor of the pool without a gradient is read as it is (x_i = theta_i): it is not moved, but
+its entries compete for the budget like every other.
+
 x_i is computed by the same compiled expression in every pass, without fast-math (no
 contraction into a fused multiply-add in one loop and not another), so all passes see the
-same bits. The reference is the torch path of :class:`iht.IHT` (``kernel="torch"``);
+same bits. The reference is the torch kernel of :func:`iht.optim.iht_step` (``kernel="torch"``);
 tests/test_compiled_step.py checks that both give the same parameters and mask in float64.
 
 When the bracket holds too many entries to collect (a mass of exact ties, typically s at or
@@ -347,7 +350,8 @@ def _torch_threads(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 
 
 def eligible(params: Sequence[Tensor]) -> bool:
-    """Whether the compiled step applies: CPU, one float32/float64 dtype, contiguous, grads alike."""
+    """Whether the compiled step applies: CPU, one float32/float64 dtype, contiguous tensors and
+    gradients alike (a tensor without a gradient is read as it is: x_i = theta_i)."""
     if not params:
         return False
     dtype = params[0].dtype
@@ -355,12 +359,10 @@ def eligible(params: Sequence[Tensor]) -> bool:
         return False
     for p in params:
         g = p.grad
-        if (
-            p.device.type != "cpu"
-            or p.dtype != dtype
-            or not p.is_contiguous()
-            or g is None
-            or g.layout != torch.strided
+        if p.device.type != "cpu" or p.dtype != dtype or not p.is_contiguous():
+            return False
+        if g is not None and (
+            g.layout != torch.strided
             or g.dtype != dtype
             or g.device.type != "cpu"
             or not g.is_contiguous()
@@ -383,10 +385,10 @@ _Operands = list[tuple[NDArray[np.floating], NDArray[np.floating] | None, np.flo
 
 
 def _operands(params: Sequence[Tensor], lrs: Sequence[float]) -> _Operands:
-    """(theta, grad, lr) of each tensor as flat NumPy views and a scalar of their dtype."""
+    """(theta, grad or None, lr) of each tensor as flat NumPy views and a scalar of their dtype."""
     dtype = params[0].dtype
     return [
-        (_flat(p), _flat(p.grad), _typed(lr, dtype))  # type: ignore[arg-type]
+        (_flat(p), None if p.grad is None else _flat(p.grad), _typed(lr, dtype))
         for p, lr in zip(params, lrs, strict=True)
     ]
 

@@ -12,8 +12,9 @@ from typing import Any
 from tqdm import tqdm
 
 from .backends import check_backend, ray_chunks, ray_session
-from .results import ResultStore
-from .study import DENSE, Chunk, StudyConfig, plan_chunks, run_chunk
+from .chunks import Chunk, plan_chunks, run_chunk
+from .config import DENSE, StudyConfig
+from .store import ResultStore
 
 __all__ = ["run_study"]
 
@@ -40,7 +41,7 @@ def run_study(
         progress: show a progress bar.
         log: where messages go (resuming, damaged parts, interruption).
         backend: ``"local"`` (this process) or ``"ray"`` (one Ray task per chunk; see
-            :mod:`iht.backends`). The driver writes the parts either way.
+            :mod:`iht.study.backends`). The driver writes the parts either way.
         address: the Ray cluster (``ray.init(address=...)``): ``"auto"``,
             ``"ray://HOST:10001"``; None starts a local Ray (unless one is initialised).
 

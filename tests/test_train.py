@@ -13,8 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
+from iht.certify import instability_reasons
 from iht.cli import main
-from iht.train_cmd import OUTPUT_FILES, REPORT_FIGURES, instability_reasons, train_command
+from iht.cli.train import train_command
+from iht.experiments.train import OUTPUT_FILES
+from iht.report.train import REPORT_FIGURES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = ["--no-progress", "--n-monte", "5"]
@@ -75,7 +78,7 @@ def iris_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 # -- outputs ----------------------------------------------------------------------------
 def test_train_writes_every_output_file(iris_run: tuple[Path, str]) -> None:
     out, _ = iris_run
-    for name in OUTPUT_FILES:
+    for name in (*OUTPUT_FILES, "report.html"):
         assert (out / name).is_file(), name
     for name in REPORT_FIGURES:
         assert (out / "figures" / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
@@ -83,7 +86,7 @@ def test_train_writes_every_output_file(iris_run: tuple[Path, str]) -> None:
     config = load(out, "config.json")
     assert config["budget"]["sparsity"] == 5 and config["budget"]["mode"] == "global"
     assert config["data"]["n_train"] == 120 and config["data"]["n_test"] == 30
-    assert config["training"]["steps"] == 60 and config["lr"]["given"] == "auto"
+    assert config["training"]["steps"] == 60 and config["config"]["lr"] is None
 
     history = pd.read_parquet(out / "history.parquet")
     assert len(history) == 60 and history["step"].tolist() == list(range(60))
@@ -228,8 +231,8 @@ def test_lr_auto_or_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
     assert auto["l2s_estimate"] > 0 and auto["value"] == pytest.approx(1 / auto["l2s_estimate"])
     assert auto["n_monte"] == 5
+    assert load(tmp_path / "n", "config.json")["config"]["lr"] == 0.25
     assert given == {
-        "given": "0.25",
         "value": 0.25,
         "l2s_estimate": None,
         "n_monte": None,
@@ -351,15 +354,16 @@ def test_csv_errors_are_one_line_with_exit_code_2(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--data", "iris", "--sparsity", "0"], "count must be in 1..15"),
+        (["--data", "iris", "--sparsity", "0"], "count of nonzeros must be in 1..15"),
         (["--data", "iris", "--sparsity", "16"], "1..15"),
-        (["--data", "iris", "--sparsity", "1.5"], "fraction in (0, 1)"),
-        (["--data", "iris", "--sparsity", "5", "--lr", "-1"], "--lr must be 'auto' or a positive"),
-        (["--data", "iris", "--sparsity", "5", "--lr", "fast"], "--lr must be"),
+        (["--data", "iris", "--sparsity", "1.5"], "parameters must be in (0, 1]"),
+        (["--data", "iris", "--sparsity", "1.5%x"], "not a count (100), a fraction (0.1)"),
+        (["--data", "iris", "--sparsity", "5", "--lr", "-1"], "'--lr': '-1' is not 'auto' or a"),
+        (["--data", "iris", "--sparsity", "5", "--lr", "fast"], "'--lr': 'fast' is not"),
         (["--data", "iris", "--sparsity", "5", "--steps", "3", "--epochs", "2"], "not both"),
-        (["--data", "iris", "--sparsity", "5", "--steps", "0"], "--steps must be"),
+        (["--data", "iris", "--sparsity", "5", "--steps", "0"], "'--steps': 0 is not in the"),
         (["--data", "iris", "--sparsity", "5", "--target", "y"], "only for CSV"),
-        (["--data", "iris", "--sparsity", "5", "--test-fraction", "1"], "test fraction"),
+        (["--data", "iris", "--sparsity", "5", "--test-fraction", "1"], "'--test-fraction'"),
         (["--data", "iris", "--sparsity", "5", "--hidden", "4,x"], "hidden sizes"),
         (["--data", "nope.csv", "--target", "y", "--sparsity", "5"], "no such file"),
         (

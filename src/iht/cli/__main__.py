@@ -1,0 +1,5 @@
+"""``python -m iht.cli``: the ``iht`` command."""
+
+from .main import run
+
+run()

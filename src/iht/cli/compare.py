@@ -1,0 +1,123 @@
+"""``iht compare``: IHT and the pruning methods people know, at the same budgets, side by side."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import InvalidValueError
+from ..experiments.config import METHODS, CompareConfig, parse_methods
+from .options import (
+    activation_option,
+    data_option,
+    default_of,
+    hidden_option,
+    lr_option,
+    n_monte_option,
+    no_progress_option,
+    no_report_option,
+    out_option,
+    overwrite_option,
+    target_option,
+    test_fraction_option,
+    threads_option,
+)
+
+__all__ = ["compare_command"]
+
+
+def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    try:
+        return parse_methods(value)
+    except InvalidValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+@click.command("compare")
+@data_option(default_of(CompareConfig, "data"))
+@target_option
+@click.option(
+    "--sparsity",
+    required=True,
+    help="Budgets s: counts (3,5,8), ranges (1-5), fractions (0.1) or percentages (10%) of P; "
+    "biases count.",
+)
+@hidden_option()
+@activation_option(CompareConfig)
+@click.option(
+    "--methods",
+    default=",".join(METHODS),
+    show_default=True,
+    callback=_methods,
+    help="Methods to run, comma-separated.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=2),
+    default=default_of(CompareConfig, "steps"),
+    show_default=True,
+    help="Gradient evaluations per method.",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=default_of(CompareConfig, "seeds"),
+    show_default=True,
+    help="Seeds 0..N-1 (split + init each).",
+)
+@lr_option(CompareConfig, "One step size for every method, or 'auto': 1/L_hat (dense) and 1/L_hat_2s (IHT).")
+@click.option(
+    "--l1",
+    type=click.FloatRange(min=0),
+    default=default_of(CompareConfig, "l1"),
+    show_default=True,
+    help="lambda of the L1 method.",
+)
+@n_monte_option(CompareConfig)
+@test_fraction_option(CompareConfig)
+@threads_option(CompareConfig)
+@out_option("results/compare-DATA")
+@overwrite_option("Move an earlier comparison in --out aside (to DIR/replaced-TIMESTAMP/).")
+@no_report_option
+@no_progress_option
+def compare_command(
+    out: Path | None, overwrite: bool, no_report: bool, no_progress: bool, **settings: object
+) -> None:
+    """Compare dense GD, one-shot pruning, gradual pruning, L1 and IHT at budgets s.
+
+    Every method gets the same number of full-batch gradient steps on the same split and
+    initialisation; prints a table (median [min, max] over seeds) and writes
+    results.parquet, config.json and compare.html to --out.
+    """
+    from ..budget import parse_sparsity_list
+    from ..data import load_dataset
+    from ..experiments.compare import model_size, run_compare
+    from ..report.compare import format_table, summarise, write_compare_report
+    from ..storage.files import check_output_dir
+
+    config = CompareConfig(**settings)  # type: ignore[arg-type]
+    dataset = load_dataset(config.data, target=config.target)
+    directory = out or Path("results") / f"compare-{Path(config.data).stem}"
+    check_output_dir(directory, overwrite=overwrite)  # before any training
+    size = model_size(config, dataset)
+    levels = parse_sparsity_list(config.levels_text, size)
+    click.echo(
+        f"compare: {dataset.name}, P = {size}, s = {', '.join(map(str, levels))}, "
+        f"methods {', '.join(config.methods)}, {config.steps} steps, {config.seeds} seed(s) "
+        f"-> {directory}",
+        err=True,
+    )
+    start = time.perf_counter()
+    try:
+        result = run_compare(config, dataset=dataset, progress=not no_progress)
+    except KeyboardInterrupt:
+        # Nothing is stored before every run is done, so there is nothing to resume.
+        click.echo(f"iht compare: interrupted; nothing was written to {directory}", err=True)
+        raise click.exceptions.Abort() from None
+    result.save(directory, overwrite=overwrite)
+    click.echo(format_table(summarise(result.frame)))
+    if not no_report:
+        html = write_compare_report(directory)
+        click.echo(f"report: {html} ({time.perf_counter() - start:.1f} s)", err=True)

@@ -1,0 +1,123 @@
+"""``iht train``: one model under a budget of s nonzeros on a data set, certified and reported."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ..experiments.config import DEFAULT_STEPS, DTYPES, TrainConfig
+from .options import (
+    activation_option,
+    data_option,
+    default_of,
+    hidden_option,
+    lr_option,
+    n_monte_option,
+    no_progress_option,
+    no_report_option,
+    out_option,
+    overwrite_option,
+    seed_option,
+    target_option,
+    test_fraction_option,
+    threads_option,
+)
+
+__all__ = ["train_command"]
+
+
+@click.command("train")
+@data_option(None)
+@target_option
+@test_fraction_option(TrainConfig)
+@seed_option(TrainConfig, "Master seed of the split, initialisation, support, L_2s draws, shuffling.")
+@hidden_option()
+@activation_option(TrainConfig)
+@click.option(
+    "--sparsity",
+    required=True,
+    help="Budget s: a count of nonzeros (100), a fraction (0.1) or a percentage (10%) of the "
+    "budgeted parameters (rounded half up, at least 1).",
+)
+@click.option(
+    "--per-layer",
+    is_flag=True,
+    help="Give every layer its own budget, proportional to its size (sum = s).",
+)
+@click.option(
+    "--exclude-biases",
+    is_flag=True,
+    help="Keep biases dense and outside the budget (default: biases are counted).",
+)
+@lr_option(TrainConfig, "Step size: 'auto' (1 / L_hat_2s from the Monte Carlo estimate) or a number.")
+@n_monte_option(TrainConfig)
+@click.option(
+    "--steps", type=click.IntRange(min=1), help=f"Number of IHT steps.  [default: {DEFAULT_STEPS}]"
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    help="Instead of --steps: passes over the training rows (steps = epochs x "
+    "ceil(n_train / batch size)).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Mini-batch IHT (SIHT) with this many rows per step, reshuffled every "
+    "epoch.  [default: full batch]",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    default=default_of(TrainConfig, "eval_every"),
+    show_default=True,
+    help="Evaluate the test rows every k steps.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default=default_of(TrainConfig, "dtype"),
+    show_default=True,
+    help="The precision of the model.",
+)
+@click.option(
+    "--grad-tol",
+    type=click.FloatRange(min=0),
+    default=default_of(TrainConfig, "grad_tol"),
+    show_default=True,
+    help="|grad| at or below this counts as zero in the certificate.",
+)
+@click.option(
+    "--dense-reference",
+    is_flag=True,
+    help="Also train the same model densely with GD for the same steps; report epsilon.",
+)
+@threads_option(TrainConfig)
+@out_option("results/train-DATA-MODEL-sSPARSITY-seedSEED")
+@overwrite_option("Reuse a non-empty --out: its contents are moved to replaced-TIMESTAMP/ inside it.")
+@no_report_option
+@no_progress_option
+def train_command(
+    out: Path | None, overwrite: bool, no_report: bool, no_progress: bool, **settings: object
+) -> None:
+    """Train a model under a budget of s nonzeros with IHT; certify it and write a report.
+
+    \b
+    Examples:
+      iht train --data digits --hidden 64 --sparsity 0.1
+      iht train --data iris --sparsity 5
+      iht train --data flowers.csv --target species --sparsity 10% --batch-size 32
+    """
+    from ..experiments.train import run_train
+    from ..report.train import summary_lines, write_train_report
+
+    started = time.perf_counter()
+    config = TrainConfig(**settings)  # type: ignore[arg-type]
+    run = run_train(
+        config, out=out, overwrite=overwrite, progress=not no_progress, log=click.echo
+    )
+    report = None if no_report else write_train_report(run.directory)
+    for line in summary_lines(run, report, time.perf_counter() - started):
+        click.echo(line)

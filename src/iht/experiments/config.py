@@ -1,0 +1,220 @@
+"""What the experiments are asked: the configs of ``iht train`` and ``iht compare``.
+
+Each is a frozen dataclass, validated when made; its defaults are the commands' defaults (the
+command line reads them from here), and it is stored, as given, in the run's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..budget import check_sparsity_form, check_sparsity_list_form
+from ..certify import DEFAULT_GRAD_TOL
+from ..errors import InvalidValueError
+from ..lipschitz import DEFAULT_N_SAMPLES
+from ..models import ACTIVATIONS
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "DTYPES",
+    "LABELS",
+    "METHODS",
+    "SPARSE_METHODS",
+    "CompareConfig",
+    "TrainConfig",
+    "parse_methods",
+]
+
+#: Steps when neither ``steps`` nor ``epochs`` is given.
+DEFAULT_STEPS = 2000
+#: The precisions a model can be trained in.
+DTYPES = ("float32", "float64")
+#: The methods, in table order; all but ``dense`` end with at most s nonzeros.
+METHODS: tuple[str, ...] = ("dense", "oneshot", "gmp", "l1", "iht")
+SPARSE_METHODS: tuple[str, ...] = METHODS[1:]
+LABELS = {
+    "dense": "dense (GD)",
+    "oneshot": "one-shot prune + fine-tune",
+    "gmp": "gradual magnitude pruning",
+    "l1": "L1 + prune + fine-tune",
+    "iht": "IHT",
+}
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The settings of one ``iht train`` run: everything that decides its numbers.
+
+    Attributes:
+        data: a built-in data set (:data:`iht.data.BUILTIN_DATASETS`) or a CSV path.
+        sparsity: the budget s: a count, a fraction or a percentage of the budgeted
+            parameters (:func:`iht.budget.parse_sparsity`).
+        target: the class-label column of a CSV file.
+        test_fraction: share of the rows held out for testing, in (0, 1).
+        seed: the master seed of the split, initialisation, support, L_2s draws and shuffling.
+        hidden: hidden layer widths; () is a linear model.
+        activation: the hidden layers' activation (:data:`iht.models.ACTIVATIONS`).
+        per_layer: every layer gets its own budget, proportional to its size.
+        exclude_biases: biases are dense and outside the budget.
+        lr: the step size, or None for 1 / L_hat_2s (the Monte Carlo estimate).
+        n_monte: Monte Carlo draws of the estimate.
+        steps: IHT steps (:data:`DEFAULT_STEPS` when neither steps nor epochs is given).
+        epochs: instead of steps: passes over the training rows.
+        batch_size: rows per mini-batch (SIHT); None for full-batch IHT.
+        eval_every: evaluate the test rows every k steps (and at the last).
+        dtype: ``float32`` or ``float64``.
+        grad_tol: |grad| at or below this counts as zero in the certificate.
+        dense_reference: also train the same model densely (GD, same steps) for epsilon.
+        threads: torch CPU threads while training (None: leave torch's setting alone).
+    """
+
+    data: str
+    sparsity: str | int | float
+    target: str | None = None
+    test_fraction: float = 0.2
+    seed: int = 0
+    hidden: tuple[int, ...] = ()
+    activation: str = "relu"
+    per_layer: bool = False
+    exclude_biases: bool = False
+    lr: float | None = None
+    n_monte: int = DEFAULT_N_SAMPLES
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    eval_every: int = 1
+    dtype: str = "float32"
+    grad_tol: float = DEFAULT_GRAD_TOL
+    dense_reference: bool = False
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        check_sparsity_form(self.sparsity)  # the range of a count needs the model
+        if not 0 < self.test_fraction < 1:
+            raise InvalidValueError(f"test fraction must be in (0, 1), got {self.test_fraction}")
+        if self.seed < 0:
+            raise InvalidValueError(f"seed must be an integer >= 0, got {self.seed}")
+        if any(w < 1 for w in self.hidden):
+            raise InvalidValueError(f"hidden sizes must be positive integers, got {self.hidden}")
+        if self.activation not in ACTIVATIONS:
+            raise InvalidValueError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise InvalidValueError(f"lr must be 'auto' or a positive number, got {self.lr}")
+        if self.steps is not None and self.epochs is not None:
+            raise InvalidValueError("give steps or epochs, not both")
+        for name in ("n_monte", "steps", "epochs", "batch_size", "eval_every", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidValueError(f"{name} must be an integer >= 1, got {value}")
+        if self.dtype not in DTYPES:
+            raise InvalidValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not (self.grad_tol >= 0 and math.isfinite(self.grad_tol)):
+            raise InvalidValueError(f"grad_tol must be a finite number >= 0, got {self.grad_tol}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareConfig:
+    """Everything that decides a comparison's numbers (stored as ``config.json``).
+
+    Attributes:
+        data: a built-in data set name (``iris``, ``wine``, ``breast_cancer``, ``digits``) or a
+            CSV path (with ``target``).
+        sparsity: the budgets s: comma-separated counts, ranges of counts, fractions or
+            percentages of P (biases counted), as :func:`iht.budget.parse_sparsity_list`
+            reads them (``"3,5,8"``, ``"1-5"``, ``"10%,0.5"``), or the counts themselves.
+        target: the label column of a CSV file.
+        hidden: hidden layer widths; () is a linear model.
+        activation: the hidden layers' activation.
+        methods: which of :data:`METHODS` to run.
+        steps: full-batch gradient evaluations per method (>= 2).
+        seeds: seeds 0..seeds-1; each is a new split, initialisation and support.
+        test_fraction: share of the rows held out for testing.
+        l1: lambda of the L1 method.
+        lr: one step size for every method, or None for 1/L_hat (dense) and 1/L_hat_2s (IHT).
+        n_monte: Monte Carlo draws of each L_hat estimate.
+        pretrain_fraction: share of ``steps`` before pruning in the one-shot and L1 methods.
+        gmp_start, gmp_end: the GMP schedule runs from ``steps * gmp_start`` to at most
+            ``steps * gmp_end`` (then fine-tuning with the mask fixed).
+        gmp_events: about how many pruning events the GMP schedule has.
+        threads: torch CPU threads while training (None: leave torch's setting alone).
+    """
+
+    data: str = "iris"
+    sparsity: str | tuple[int, ...]
+    target: str | None = None
+    hidden: tuple[int, ...] = ()
+    activation: str = "relu"
+    methods: tuple[str, ...] = METHODS
+    steps: int = 2000
+    seeds: int = 5
+    test_fraction: float = 0.2
+    l1: float = 1e-3
+    lr: float | None = None
+    n_monte: int = DEFAULT_N_SAMPLES
+    pretrain_fraction: float = 0.5
+    gmp_start: float = 1 / 6
+    gmp_end: float = 2 / 3
+    gmp_events: int = 100
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if not self.sparsity:
+            raise InvalidValueError("give at least one sparsity level with --sparsity")
+        check_sparsity_list_form(self.levels_text)  # the range of a count needs the model
+        parse_methods(",".join(self.methods))
+        if self.steps < 2:
+            raise InvalidValueError(f"steps must be >= 2 (pre-training and fine-tuning), got {self.steps}")
+        if self.seeds < 1:
+            raise InvalidValueError(f"seeds must be >= 1, got {self.seeds}")
+        if not 0 < self.test_fraction < 1:
+            raise InvalidValueError(f"test fraction must be in (0, 1), got {self.test_fraction}")
+        if not (math.isfinite(self.l1) and self.l1 >= 0):
+            raise InvalidValueError(f"--l1 must be a finite number >= 0, got {self.l1}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise InvalidValueError(f"--lr must be a positive finite number, got {self.lr}")
+        if self.n_monte < 1:
+            raise InvalidValueError(f"n_monte must be >= 1, got {self.n_monte}")
+        if not 0 < self.pretrain_fraction < 1:
+            raise InvalidValueError(f"pretrain_fraction must be in (0, 1), got {self.pretrain_fraction}")
+        if not 0 <= self.gmp_start <= self.gmp_end <= 1:
+            raise InvalidValueError(
+                f"need 0 <= gmp_start <= gmp_end <= 1, got {self.gmp_start}, {self.gmp_end}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise InvalidValueError(f"threads must be an integer >= 1, got {self.threads}")
+        if self.gmp_events < 1:
+            raise InvalidValueError(f"gmp_events must be >= 1, got {self.gmp_events}")
+        if self.activation not in ACTIVATIONS:
+            raise InvalidValueError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
+            )
+
+    @property
+    def levels_text(self) -> str:
+        """The budgets as :func:`iht.budget.parse_sparsity_list` text."""
+        if isinstance(self.sparsity, str):
+            return self.sparsity
+        return ",".join(str(s) for s in self.sparsity)
+
+    @property
+    def pretrain_steps(self) -> int:
+        """Steps before pruning in the one-shot and L1 methods (at least 1, at most steps-1)."""
+        return min(max(int(self.steps * self.pretrain_fraction), 1), self.steps - 1)
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """Parse ``--methods`` ("dense,iht"); kept in :data:`METHODS` order.
+
+    Raises:
+        ValueError: an unknown name, or no name at all.
+    """
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise InvalidValueError(
+            f"unknown method {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"choose from {', '.join(METHODS)}"
+        )
+    return tuple(m for m in METHODS if m in names)

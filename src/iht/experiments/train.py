@@ -1,0 +1,642 @@
+"""``iht train`` as a library function: one model under a budget of s nonzeros, certified, saved.
+
+:func:`run_train` takes a :class:`TrainConfig` (what the user asks), resolves it on the data
+(:class:`TrainRecord`: the split, the model's layers, the budget, the step size, the seeds),
+trains with :func:`iht.training.fit`, certifies with :func:`iht.certify.certify_budget` and
+writes the output directory::
+
+    config.json        the TrainRecord (written before training starts)
+    history.parquet    one row per step (also written when training stops on an error)
+    model.pt, mask.pt  the state_dict and a bool mask (param != 0) per parameter
+    model_sparse.pt    the parameters as torch sparse CSR/COO tensors (iht.export.load_sparse)
+    certificate.json   HT-stability under the budget (and epsilon with dense_reference)
+    metrics.json       the TrainMetrics: final losses and accuracies, nonzeros, wall times
+
+It draws nothing: the report (``report.html``, ``figures/``) is :mod:`iht.report.train`, from
+these files only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..budget import Budget, budgeted_size, layers_of, parse_sparsity, plan_budget
+from ..certify import certify_budget
+from ..data import Dataset, load_dataset, n_test_rows, random_split, standardise
+from ..errors import InvalidValueError, NonFiniteError, StoreError
+from ..export import sparse_payload
+from ..init import reset_parameters_
+from ..lipschitz import estimate_l2s
+from ..models import build_model
+from ..optim import IHT
+from ..storage.files import (
+    atomic_write_bytes,
+    check_output_dir,
+    move_aside,
+    parquet_bytes,
+    read_json,
+    torch_bytes,
+    write_json,
+)
+from ..storage.records import from_dict, to_dict
+from ..training import History, evaluate, fit
+from .config import DEFAULT_STEPS, TrainConfig
+from .progress import StepProgress
+from .threads import torch_threads
+
+__all__ = [
+    "OUTPUT_FILES",
+    "DataInfo",
+    "DenseReference",
+    "LayerInfo",
+    "LayerMetrics",
+    "LrInfo",
+    "ModelInfo",
+    "Timings",
+    "TrainMetrics",
+    "TrainRecord",
+    "TrainResult",
+    "TrainSeeds",
+    "TrainingInfo",
+    "default_out",
+    "read_train_run",
+    "run_train",
+]
+
+#: The files a finished run writes (the report adds report.html and figures/).
+OUTPUT_FILES = (
+    "config.json",
+    "history.parquet",
+    "model.pt",
+    "mask.pt",
+    "model_sparse.pt",
+    "certificate.json",
+    "metrics.json",
+)
+_SEED_NAMES = ("data", "init", "support", "monte_carlo", "shuffle")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The data as the run used it."""
+
+    source: str
+    name: str
+    target: str | None
+    n_rows: int
+    n_features: int
+    n_classes: int
+    class_names: tuple[str, ...]
+    test_fraction: float
+    n_train: int
+    n_test: int
+    standardise: str = "z-score with the training rows' mean and population std"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A layer (a module holding parameters directly) and its parameters' names."""
+
+    name: str
+    params: tuple[str, ...]
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model: an MLP of ``hidden`` widths (a linear model when empty)."""
+
+    hidden: tuple[int, ...]
+    activation: str
+    dtype: str
+    n_params: int
+    layers: tuple[LayerInfo, ...]
+
+
+@dataclass(frozen=True)
+class LrInfo:
+    """The step size and, when automatic, the estimate it came from."""
+
+    value: float
+    l2s_estimate: float | None
+    n_monte: int | None
+    estimated_with_sparsity: int | None
+
+
+@dataclass(frozen=True)
+class TrainingInfo:
+    """What the loop did: the algorithm and its length."""
+
+    algorithm: str
+    steps: int
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class TrainSeeds:
+    """Independent seeds of every source of randomness, derived from the master seed."""
+
+    seed: int
+    data: int
+    init: int
+    support: int
+    monte_carlo: int
+    shuffle: int
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """A run's ``config.json``: the config as given and what it resolved to on the data."""
+
+    config: TrainConfig
+    data: DataInfo
+    model: ModelInfo
+    budget: Budget
+    lr: LrInfo
+    training: TrainingInfo
+    seeds: TrainSeeds
+    versions: dict[str, str]
+    command: str = "iht train"
+
+
+@dataclass(frozen=True)
+class LayerMetrics:
+    """Nonzeros of one layer at the end (``budget`` is its own budget, per-layer runs only)."""
+
+    name: str
+    kind: str
+    size: int
+    nonzeros: int
+    budgeted_size: int
+    budgeted_nonzeros: int
+    budget: int | None
+
+
+@dataclass(frozen=True)
+class DenseReference:
+    """The same model from the same initialisation trained densely (GD, the same steps)."""
+
+    lr: float
+    l2s_estimate: float | None
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall times in seconds."""
+
+    lr_estimate: float
+    training: float
+    dense_reference: float | None
+    total: float
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """A run's ``metrics.json``: where training ended."""
+
+    status: str
+    steps: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    nonzeros: int
+    budgeted_nonzeros: int
+    n_params: int
+    sparsity: int
+    density: float
+    layers: tuple[LayerMetrics, ...]
+    lr: float
+    dense: DenseReference | None
+    time_s: Timings
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`run_train` did and wrote (the same as :func:`read_train_run` reads back)."""
+
+    directory: Path
+    record: TrainRecord
+    metrics: TrainMetrics
+    certificate: dict[str, Any]
+    history: pd.DataFrame
+
+
+def _seeds(seed: int) -> TrainSeeds:
+    states = np.random.SeedSequence(seed).generate_state(len(_SEED_NAMES))
+    return TrainSeeds(seed, *(int(v) for v in states))
+
+
+def default_out(config: TrainConfig) -> Path:
+    """``results/train-DATA-MODEL-sSPARSITY-seedSEED`` for a run of ``config``."""
+    model = "h" + "-".join(str(w) for w in config.hidden) if config.hidden else "linear"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(config.data).stem) or "data"
+    sparsity = re.sub(r"[^A-Za-z0-9.]+", "_", str(config.sparsity).strip())
+    return Path("results") / f"train-{name}-{model}-s{sparsity}-seed{config.seed}"
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_train(
+    config: TrainConfig,
+    *,
+    out: Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = _stderr,
+) -> TrainResult:
+    """Train, certify and save one run of ``config`` (see the module docstring for the files).
+
+    Args:
+        config: the run.
+        out: the output directory (default :func:`default_out`); refused when not empty
+            unless ``overwrite``, which moves its contents to ``out/replaced-TIMESTAMP/``.
+        overwrite: see ``out``.
+        progress: show a progress bar over the steps.
+        log: where warnings go (a layer with a budget of 0, moved contents).
+
+    Returns:
+        The :class:`TrainResult`.
+
+    Raises:
+        DataError, InvalidValueError, StoreError: bad settings, data or output directory
+            (one line each), raised before anything is written.
+        EstimateError: no learning rate follows from the L_2s estimate.
+        NonFiniteError: training met a NaN/inf; ``config.json`` and the history of the
+            finished steps are kept in the output directory.
+    """
+    started = time.perf_counter()
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    seeds = _seeds(config.seed)
+    data = load_dataset(config.data, target=config.target)
+    n = len(data.y)
+    n_test = n_test_rows(n, config.test_fraction)
+    train_idx, test_idx = random_split(n, n - n_test, seed=seeds.data)
+    features = torch.tensor(standardise(data.X, train_idx), dtype=dtype)
+    labels = torch.tensor(data.y, dtype=torch.long)
+    train = features[train_idx], labels[train_idx]
+    test = features[test_idx], labels[test_idx]
+
+    # Parameters are drawn later from the init seed; fork_rng leaves the global RNG untouched
+    # by the construction's own (discarded) draws.
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(
+            data.n_features, data.n_classes, config.hidden, activation=config.activation
+        )
+    model = model.to(dtype)
+    total = budgeted_size(model, exclude_biases=config.exclude_biases)
+    budget = plan_budget(
+        model,
+        parse_sparsity(config.sparsity, total),
+        per_layer=config.per_layer,
+        exclude_biases=config.exclude_biases,
+    )
+    starved = [pool.name for pool in budget.pools if not pool.dense and pool.sparsity == 0]
+    if starved:
+        log(
+            f"warning: layer(s) {', '.join(starved)} get a budget of 0 (s = {budget.sparsity} "
+            "is too small to share per layer): they will stay zero"
+        )
+    n_train = len(train_idx)
+    batch = config.batch_size if config.batch_size is not None else n_train
+    steps_per_epoch = math.ceil(n_train / batch)
+    steps = (
+        config.epochs * steps_per_epoch
+        if config.epochs is not None
+        else (config.steps if config.steps is not None else DEFAULT_STEPS)
+    )
+    directory = out or default_out(config)
+    check_output_dir(directory, overwrite=overwrite)
+
+    with torch_threads(config.threads):
+        return _train(
+            config,
+            data,
+            budget,
+            model,
+            seeds=seeds,
+            train=train,
+            test=test,
+            steps=steps,
+            steps_per_epoch=steps_per_epoch,
+            directory=directory,
+            overwrite=overwrite,
+            progress=progress,
+            started=started,
+            log=log,
+        )
+
+
+def _train(
+    config: TrainConfig,
+    data: Dataset,
+    budget: Budget,
+    model: nn.Sequential,
+    *,
+    seeds: TrainSeeds,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    steps: int,
+    steps_per_epoch: int,
+    directory: Path,
+    overwrite: bool,
+    progress: bool,
+    started: float,
+    log: Callable[[str], None],
+) -> TrainResult:
+    X, y = train
+
+    def loss_fn(m: nn.Module) -> Tensor:
+        return nn.functional.cross_entropy(m(X), y)
+
+    reset_parameters_(model, generator=torch.Generator().manual_seed(seeds.init))
+    dense_init = {k: v.clone() for k, v in model.state_dict().items()}
+
+    lr_start = time.perf_counter()
+    if config.lr is None:
+        # The iterates have at most s + (dense parameters) nonzeros, so that is the sparsity
+        # the estimate draws its supports with (= s under the paper's global budget).
+        estimate = estimate_l2s(
+            model,
+            loss_fn,
+            sparsity=budget.max_nonzeros,
+            n_samples=config.n_monte,
+            generator=torch.Generator().manual_seed(seeds.monte_carlo),
+        )
+        lr = estimate.lr
+    else:
+        estimate, lr = None, config.lr
+    lr_time = time.perf_counter() - lr_start
+
+    mini_batch = config.batch_size is not None and config.batch_size < len(y)
+    record = TrainRecord(
+        config=config,
+        data=DataInfo(
+            source=config.data,
+            name=data.name,
+            target=config.target,
+            n_rows=len(data.y),
+            n_features=data.n_features,
+            n_classes=data.n_classes,
+            class_names=tuple(data.class_names),
+            test_fraction=config.test_fraction,
+            n_train=len(y),
+            n_test=len(test[1]),
+        ),
+        model=ModelInfo(
+            hidden=config.hidden,
+            activation=config.activation,
+            dtype=config.dtype,
+            n_params=sum(p.numel() for p in model.parameters()),
+            layers=tuple(
+                LayerInfo(name, tuple(n for n, _ in own), sum(p.numel() for _, p in own))
+                for name, own in layers_of(model)
+            ),
+        ),
+        budget=budget,
+        lr=LrInfo(
+            value=lr,
+            l2s_estimate=None if estimate is None else estimate.estimate,
+            n_monte=config.n_monte if estimate is not None else None,
+            estimated_with_sparsity=budget.max_nonzeros if estimate is not None else None,
+        ),
+        training=TrainingInfo(
+            algorithm="SIHT (mini-batch IHT)" if mini_batch else "IHT (full batch)",
+            steps=steps,
+            steps_per_epoch=steps_per_epoch,
+        ),
+        seeds=seeds,
+        versions={"iht": __version__, "torch": torch.__version__},
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    moved = move_aside(directory) if overwrite else None
+    if moved is not None:
+        log(f"moved the earlier contents of {directory} to {moved}")
+    write_json(directory / "config.json", to_dict(record))
+
+    budget.sparse_init_(model, generator=torch.Generator().manual_seed(seeds.support))
+    history = History()
+    # Built before the clock starts: torch's first optimizer imports torch._dynamo (~1 s).
+    optimizer = budget.optimizer(model, lr=lr)
+    bar = StepProgress(steps, record.training.algorithm.split(" ")[0], enabled=progress)
+    train_start = time.perf_counter()
+    try:
+        fit(
+            model,
+            X,
+            y,
+            optimizer=optimizer,
+            steps=steps,
+            batch_size=config.batch_size,
+            generator=torch.Generator().manual_seed(seeds.shuffle),
+            on_step=bar,
+            test=test,
+            eval_every=config.eval_every,
+            history=history,
+        )
+    except (NonFiniteError, KeyboardInterrupt) as exc:
+        bar.close()
+        _write_history(directory, history)
+        if isinstance(exc, NonFiniteError):
+            raise NonFiniteError(
+                f"{exc}; the {len(history)} finished steps are in {directory / 'history.parquet'}"
+            ) from exc
+        raise
+    bar.close()
+    train_time = time.perf_counter() - train_start
+
+    dense: DenseReference | None = None
+    dense_time: float | None = None
+    if config.dense_reference:
+        dense_start = time.perf_counter()
+        dense = _dense_reference(
+            model, dense_init, config, loss_fn, train, test, steps, seeds, progress
+        )
+        dense_time = time.perf_counter() - dense_start
+
+    certificate = certify_budget(
+        model,
+        loss_fn,
+        lr=lr,
+        budget=budget,
+        grad_tol=config.grad_tol,
+        dense_loss=None if dense is None else dense.train_loss,
+    )
+    metrics = _metrics(
+        model, budget, history, train, test, lr, dense, lr_time, train_time, dense_time
+    )
+    frame = _write_history(directory, history)
+    atomic_write_bytes(directory / "model.pt", torch_bytes(model.state_dict()))
+    masks = {name: (p.detach() != 0) for name, p in model.named_parameters()}
+    atomic_write_bytes(directory / "mask.pt", torch_bytes(masks))
+    atomic_write_bytes(directory / "model_sparse.pt", torch_bytes(sparse_payload(model)))
+    write_json(directory / "certificate.json", certificate)
+    metrics = replace(
+        metrics, time_s=replace(metrics.time_s, total=time.perf_counter() - started)
+    )
+    write_json(directory / "metrics.json", to_dict(metrics))
+    return TrainResult(directory, record, metrics, certificate, frame)
+
+
+def _write_history(directory: Path, history: History) -> pd.DataFrame:
+    frame = pd.DataFrame(history.columns())
+    atomic_write_bytes(directory / "history.parquet", parquet_bytes(frame))
+    return frame
+
+
+def _metrics(
+    model: nn.Module,
+    budget: Budget,
+    history: History,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    lr: float,
+    dense: DenseReference | None,
+    lr_time: float,
+    train_time: float,
+    dense_time: float | None,
+) -> TrainMetrics:
+    train_loss, train_accuracy = evaluate(model, *train)
+    test_loss, test_accuracy = evaluate(model, *test)
+    pool_budget = {p.name: p.sparsity for p in budget.pools if budget.mode == "per_layer"}
+    dense_params = {n for pool in budget.pools if pool.dense for n in pool.params}
+    layers = tuple(
+        LayerMetrics(
+            name=name,
+            kind=_describe_layer(model, name),
+            size=sum(p.numel() for _, p in own),
+            nonzeros=sum(int((p != 0).sum()) for _, p in own),
+            budgeted_size=sum(p.numel() for n, p in own if n not in dense_params),
+            budgeted_nonzeros=sum(int((p != 0).sum()) for n, p in own if n not in dense_params),
+            budget=pool_budget.get(name),
+        )
+        for name, own in layers_of(model)
+    )
+    nonzeros = sum(layer.nonzeros for layer in layers)
+    n_params = sum(p.numel() for p in model.parameters())
+    pool_nonzeros = budget.nonzeros(model)
+    return TrainMetrics(
+        status="finished",
+        steps=len(history),
+        train_loss=train_loss,
+        train_accuracy=train_accuracy,
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
+        nonzeros=nonzeros,
+        budgeted_nonzeros=sum(pool_nonzeros[p.name] for p in budget.pools if not p.dense),
+        n_params=n_params,
+        sparsity=budget.sparsity,
+        density=nonzeros / n_params,
+        layers=layers,
+        lr=lr,
+        dense=dense,
+        time_s=Timings(lr_time, train_time, dense_time, math.nan),
+    )
+
+
+def _describe_layer(model: nn.Module, name: str) -> str:
+    """E.g. "Linear 64->10" for an ``nn.Linear``, else the module's class name."""
+    module = model if name == "(root)" else model.get_submodule(name)
+    if isinstance(module, nn.Linear):
+        return f"Linear {module.in_features}->{module.out_features}"
+    return type(module).__name__
+
+
+def _dense_reference(
+    model: nn.Module,
+    dense_init: dict[str, Tensor],
+    config: TrainConfig,
+    loss_fn: Callable[[nn.Module], Tensor],
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    steps: int,
+    seeds: TrainSeeds,
+    progress: bool,
+) -> DenseReference:
+    """The same model from the same (dense) initialisation, trained by GD (Alg. 2)."""
+    dense_model = copy.deepcopy(model)
+    dense_model.load_state_dict(dense_init)
+    if config.lr is None:
+        estimate = estimate_l2s(
+            dense_model,
+            loss_fn,
+            sparsity=None,
+            n_samples=config.n_monte,
+            generator=torch.Generator().manual_seed(seeds.monte_carlo),
+        )
+        lr = estimate.lr
+    else:
+        estimate, lr = None, config.lr
+    bar = StepProgress(steps, "dense GD", enabled=progress)
+    try:
+        fit(
+            dense_model,
+            train[0],
+            train[1],
+            optimizer=IHT(dense_model.parameters(), lr=lr, sparsity=None),
+            steps=steps,
+            batch_size=config.batch_size,
+            generator=torch.Generator().manual_seed(seeds.shuffle),
+            on_step=bar,
+        )
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"dense reference: {exc}") from exc
+    finally:
+        bar.close()
+    train_loss, train_accuracy = evaluate(dense_model, *train)
+    test_loss, test_accuracy = evaluate(dense_model, *test)
+    return DenseReference(
+        lr=lr,
+        l2s_estimate=None if estimate is None else estimate.estimate,
+        train_loss=train_loss,
+        train_accuracy=train_accuracy,
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
+    )
+
+
+def read_train_run(directory: str | Path) -> TrainResult:
+    """A finished run's stored files, read back typed (what :func:`run_train` returned).
+
+    Raises:
+        StoreError: a file is missing, unreadable or not what ``iht train`` writes.
+    """
+    directory = Path(directory)
+    try:
+        record = from_dict(TrainRecord, read_json(directory / "config.json"), where="config.json")
+        metrics = from_dict(
+            TrainMetrics, read_json(directory / "metrics.json"), where="metrics.json"
+        )
+        certificate = read_json(directory / "certificate.json")
+        history = pd.read_parquet(directory / "history.parquet")
+    except FileNotFoundError as exc:
+        raise StoreError(
+            f"{directory} is not a finished train run: {Path(str(exc.filename)).name} is missing"
+        ) from None
+    except InvalidValueError as exc:
+        raise StoreError(
+            f"{directory} is not a train run of this iht version ({exc}); run it again"
+        ) from None
+    return TrainResult(directory, record, metrics, certificate, history)
+

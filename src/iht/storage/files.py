@@ -1,0 +1,161 @@
+"""Writing results safely: whole files or none, nothing earlier deleted.
+
+:func:`atomic_write_bytes` writes beside the target, flushes and renames, so a reader (or a
+process killed mid-write) sees the old file or the new one, never half of one; an ``OSError``
+(disk full, read-only directory) becomes a one-line :class:`~iht.errors.StoreError`.
+:func:`move_aside` moves earlier results to ``DIR/replaced-TIMESTAMP/`` instead of deleting
+them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..errors import StoreError
+
+if TYPE_CHECKING:  # pandas is imported by the callers that have frames
+    import pandas as pd
+
+__all__ = [
+    "atomic_write_bytes",
+    "check_output_dir",
+    "first_line",
+    "move_aside",
+    "parquet_bytes",
+    "read_json",
+    "torch_bytes",
+    "write_json",
+]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename: a reader sees old or new, whole.
+
+    Raises:
+        StoreError: the file cannot be written (disk full, no permission, ...); nothing is left
+            behind and an earlier ``path`` is untouched.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON (paths as strings, numpy scalars as numbers), atomically."""
+    text = json.dumps(value, indent=2, default=_json_default) + "\n"
+    atomic_write_bytes(path, text.encode())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """A data frame as the bytes of a Parquet file (no index), to write atomically."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def move_aside(directory: Path, entries: list[Path] | None = None) -> Path | None:
+    """Move ``entries`` (default: everything but earlier backups) to DIR/replaced-TIMESTAMP/.
+
+    Earlier results are never deleted; two moves within one second get distinct folders.
+    Returns the backup folder, or None when there was nothing to move.
+    """
+    if entries is None:
+        entries = [p for p in directory.iterdir() if not p.name.startswith("replaced-")]
+    if not entries:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = directory / f"replaced-{stamp}"
+    counter = 1
+    while backup.exists():
+        counter += 1
+        backup = directory / f"replaced-{stamp}-{counter}"
+    backup.mkdir()
+    for path in entries:
+        shutil.move(str(path), backup / path.name)
+    return backup
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value stored in ``path``.
+
+    Raises:
+        FileNotFoundError: there is no such file (the caller says what it means).
+        StoreError: it cannot be read or is not JSON.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path} cannot be read as JSON: {first_line(exc)}") from None
+
+
+def torch_bytes(value: Any) -> bytes:
+    """``torch.save(value)`` as bytes, to write atomically."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def check_output_dir(directory: Path, *, overwrite: bool) -> None:
+    """Refuse an output directory that is a file, or not empty unless ``overwrite``.
+
+    Checked before any work, so that a long run never ends on a directory it cannot use.
+
+    Raises:
+        StoreError: naming what is there and what to do.
+    """
+    if directory.exists() and not directory.is_dir():
+        raise StoreError(f"--out {directory} exists and is not a directory")
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        shown = ", ".join(sorted(p.name for p in directory.iterdir())[:4])
+        raise StoreError(
+            f"{directory} is not empty (holds {shown}, ...); choose another --out, or add "
+            "--overwrite to move its contents aside (nothing is deleted)"
+        )
