@@ -238,6 +238,12 @@ def test_cli_writes_results_config_and_report(
     lines = captured.out.strip().splitlines()
     assert len(lines) == 1 + 1 + 4 * 2
 
+    # The page is drawn from the stored files: iht report draws the same page again.
+    (out / "compare.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "compare.html").read_text() == page
+    capsys.readouterr()
+
     # A second run into the same directory is refused, then moved aside with --overwrite.
     again = ["compare", "--sparsity", "3", "--seeds", "1", "--out", str(out), *ARGS]
     assert main(again) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import torch
 from iht.certify import instability_reasons
 from iht.cli import main
 from iht.cli.train import train_command
-from iht.experiments.train import OUTPUT_FILES
+from iht.experiments.config import TrainConfig
+from iht.experiments.train import OUTPUT_FILES, read_train_run
 from iht.report.train import REPORT_FIGURES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -127,6 +129,31 @@ def test_report_is_self_contained_with_its_figures(iris_run: tuple[Path, str]) -
         assert f'<figure id="{name}">' in page
     assert "Certificate" in page and "epsilon" in page
     assert "http://" not in page and "https://" not in page  # nothing fetched
+
+
+def test_iht_report_redraws_the_run_from_its_files(
+    iris_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, page = iris_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "figures")
+    (copy / "report.html").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert capsys.readouterr().err == f"report: {copy / 'report.html'}\n"
+    assert (copy / "report.html").read_text() == page  # the same page, from the files alone
+    for name in REPORT_FIGURES:
+        assert (copy / "figures" / f"{name}.png").read_bytes() == (
+            out / "figures" / f"{name}.png"
+        ).read_bytes()
+
+
+def test_the_stored_config_is_the_config_given(iris_run: tuple[Path, str]) -> None:
+    run = read_train_run(iris_run[0])
+    assert run.record.config == TrainConfig(
+        data="iris", sparsity="5", steps=60, dense_reference=True, n_monte=5
+    )
+    assert run.record.budget.sparsity == 5 and run.metrics.steps == 60
 
 
 def test_summary_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

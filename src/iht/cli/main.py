@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from .. import __version__
 from ..errors import IhtError
 from .compare import compare_command
 from .oracle import oracle_command
@@ -21,7 +22,7 @@ __all__ = ["cli", "main", "run"]
     invoke_without_command=True,
     no_args_is_help=False,
 )
-@click.version_option(package_name="iht")
+@click.version_option(version=__version__, prog_name="iht")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Train sparse neural networks with Iterative Hard Thresholding (IHT)."""

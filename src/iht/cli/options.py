@@ -107,14 +107,11 @@ def _lr(text: str) -> float | None:
 
 def data_option(default: str | None) -> Decorator[Any]:
     """``--data``: a built-in data set or a CSV file; required when ``default`` is None."""
-    return click.option(
-        "--data",
-        required=default is None,
-        default=default,
-        show_default=default is not None,
-        help=f"A built-in data set ({', '.join(BUILTIN_DATASETS)}) or a CSV file "
-        "(header row, numeric features, with --target).",
-    )
+    text = f"A built-in data set ({', '.join(BUILTIN_DATASETS)}) or a CSV file (header row, "
+    text += "numeric features, with --target)."
+    if default is None:
+        return click.option("--data", required=True, help=text)
+    return click.option("--data", default=default, show_default=True, help=text)
 
 
 target_option = click.option(

@@ -89,6 +89,8 @@ class TrainConfig:
     threads: int | None = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise InvalidValueError(f"data must name a data set or a CSV file, got {self.data!r}")
         check_sparsity_form(self.sparsity)  # the range of a count needs the model
         if not 0 < self.test_fraction < 1:
             raise InvalidValueError(f"test fraction must be in (0, 1), got {self.test_fraction}")
@@ -160,6 +162,8 @@ class CompareConfig:
     threads: int | None = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise InvalidValueError(f"data must name a data set or a CSV file, got {self.data!r}")
         if not self.sparsity:
             raise InvalidValueError("give at least one sparsity level with --sparsity")
         check_sparsity_list_form(self.levels_text)  # the range of a count needs the model
