@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .errors import NonFiniteError
-from .threshold import top_s_mask
+from .optim import iht_update
 
 __all__ = ["EngineResult", "Problem", "run_many"]
 
@@ -111,9 +111,7 @@ def run_many(
             stopped_at = torch.where(done, torch.full_like(stopped_at, step), stopped_at)
             last_loss = torch.where(done, loss, last_loss)
             active = active & ~done
-        candidate = theta - lr_col * grad
-        if sparsity is not None:
-            candidate = torch.where(top_s_mask(candidate, sparsity), candidate, 0.0)
+        candidate = iht_update(theta, grad, lr=lr_col, sparsity=sparsity)
         # Frozen runs keep their parameters until the next compaction removes them.
         theta = torch.where(active.unsqueeze(1), candidate, theta)
         step += 1

@@ -11,6 +11,7 @@ from ..errors import InvalidValueError
 from ..experiments.config import METHODS, CompareConfig, parse_methods
 from .options import (
     activation_option,
+    config_option,
     data_option,
     default_of,
     hidden_option,
@@ -53,21 +54,12 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
     callback=_methods,
     help="Methods to run, comma-separated.",
 )
-@click.option(
-    "--steps",
-    type=click.IntRange(min=2),
-    default=default_of(CompareConfig, "steps"),
-    show_default=True,
-    help="Gradient evaluations per method.",
+@config_option(CompareConfig, "steps", click.IntRange(min=2), "Gradient evaluations per method.")
+@config_option(CompareConfig, "seeds", click.IntRange(min=1), "Seeds 0..N-1 (split + init each).")
+@lr_option(
+    CompareConfig,
+    "One step size for every method, or 'auto': 1/L_hat (dense) and 1/L_hat_2s (IHT).",
 )
-@click.option(
-    "--seeds",
-    type=click.IntRange(min=1),
-    default=default_of(CompareConfig, "seeds"),
-    show_default=True,
-    help="Seeds 0..N-1 (split + init each).",
-)
-@lr_option(CompareConfig, "One step size for every method, or 'auto': 1/L_hat (dense) and 1/L_hat_2s (IHT).")
 @click.option(
     "--l1",
     type=click.FloatRange(min=0),

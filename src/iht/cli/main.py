@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         return _error(exc.format_message())
     except KeyboardInterrupt:
-        click.echo("iht: interrupted; what was finished is kept, run the same command to resume", err=True)
+        click.echo(
+            "iht: interrupted; what was finished is kept, run the same command to resume", err=True
+        )
         return 130
     except IhtError as exc:
         return _error(str(exc))

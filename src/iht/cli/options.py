@@ -21,6 +21,7 @@ from ..models import ACTIVATIONS, parse_hidden
 
 __all__ = [
     "activation_option",
+    "config_option",
     "data_option",
     "default_of",
     "hidden_option",
@@ -52,6 +53,21 @@ def default_of(config: type[Any], name: str) -> Any:
                 return field.default_factory()
             break
     raise KeyError(f"{config.__name__} has no field {name} with a default")
+
+
+def config_option(
+    config: type[Any], field: str, kind: Any, help: str, **extra: Any
+) -> Decorator[Any]:
+    """``--field-name`` for the config field ``field``: its default, shown by ``--help``."""
+    return click.option(
+        "--" + field.replace("_", "-"),
+        field,
+        type=kind,
+        default=default_of(config, field),
+        show_default=True,
+        help=help,
+        **extra,
+    )
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -130,12 +146,8 @@ def hidden_option() -> Decorator[Any]:
 
 
 def activation_option(config: type[Any]) -> Decorator[Any]:
-    return click.option(
-        "--activation",
-        type=click.Choice(list(ACTIVATIONS)),
-        default=default_of(config, "activation"),
-        show_default=True,
-        help="The hidden layers' activation.",
+    return config_option(
+        config, "activation", click.Choice(list(ACTIVATIONS)), "The hidden layers' activation."
     )
 
 
@@ -143,51 +155,37 @@ def lr_option(config: type[Any], help: str) -> Decorator[Any]:
     """``--lr auto|NUMBER``: None (1/L_hat, the config's default) or the number."""
     if default_of(config, "lr") is not None:
         raise TypeError(f"{config.__name__}.lr must default to None (auto)")
-    return click.option(
-        "--lr", default="auto", show_default=True, callback=_parsed(_lr), help=help
-    )
+    return click.option("--lr", default="auto", show_default=True, callback=_parsed(_lr), help=help)
 
 
 def n_monte_option(config: type[Any]) -> Decorator[Any]:
-    return click.option(
-        "--n-monte",
-        type=click.IntRange(min=1),
-        default=default_of(config, "n_monte"),
-        show_default=True,
-        help="Monte Carlo draws of each L_hat_2s estimate.",
+    return config_option(
+        config, "n_monte", click.IntRange(min=1), "Monte Carlo draws of each L_hat_2s estimate."
     )
 
 
 def test_fraction_option(config: type[Any]) -> Decorator[Any]:
-    return click.option(
-        "--test-fraction",
-        type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-        default=default_of(config, "test_fraction"),
-        show_default=True,
-        help="Share of the rows held out for testing, in (0, 1).",
+    return config_option(
+        config,
+        "test_fraction",
+        click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+        "Share of the rows held out for testing, in (0, 1).",
     )
 
 
 def seed_option(config: type[Any], help: str) -> Decorator[Any]:
-    return click.option(
-        "--seed",
-        type=click.IntRange(min=0),
-        default=default_of(config, "seed"),
-        show_default=True,
-        help=help,
-    )
+    return config_option(config, "seed", click.IntRange(min=0), help)
 
 
 def threads_option(config: type[Any]) -> Decorator[Any]:
     """``--threads N`` (0: leave torch's setting alone, i.e. None in the config)."""
-    return click.option(
-        "--threads",
-        type=click.IntRange(min=0),
-        default=default_of(config, "threads"),
-        show_default=True,
-        callback=lambda ctx, param, value: value or None,
-        help="Torch CPU threads while training; 0 leaves torch's setting alone (one is "
+    return config_option(
+        config,
+        "threads",
+        click.IntRange(min=0),
+        "Torch CPU threads while training; 0 leaves torch's setting alone (one is "
         "fastest for small models, even more so on a busy machine).",
+        callback=lambda ctx, param, value: value or None,
     )
 
 

@@ -8,34 +8,31 @@ from pathlib import Path
 import click
 
 from ..study.config import OracleConfig
-from .options import default_of, levels_option, no_progress_option, no_report_option
+from .options import config_option, levels_option, no_progress_option, no_report_option
 
 __all__ = ["oracle_command"]
 
 
 @click.command("oracle")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--splits",
-    type=click.IntRange(min=1),
-    default=default_of(OracleConfig, "splits"),
-    show_default=True,
-    help="Solve the first K data splits of the study (split i is that of runs i).",
+@config_option(
+    OracleConfig,
+    "splits",
+    click.IntRange(min=1),
+    "Solve the first K data splits of the study (split i is that of runs i).",
 )
 @levels_option("the study's")
-@click.option(
-    "--gtol",
-    type=click.FloatRange(min=0, min_open=True),
-    default=default_of(OracleConfig, "gtol"),
-    show_default=True,
-    help="Newton's stopping test on the gradient norm on the support.",
+@config_option(
+    OracleConfig,
+    "gtol",
+    click.FloatRange(min=0, min_open=True),
+    "Newton's stopping test on the gradient norm on the support.",
 )
-@click.option(
-    "--tie-tol",
-    type=click.FloatRange(min=0),
-    default=default_of(OracleConfig, "tie_tol"),
-    show_default=True,
-    help="Supports within this of the best loss count as optimal.",
+@config_option(
+    OracleConfig,
+    "tie_tol",
+    click.FloatRange(min=0),
+    "Supports within this of the best loss count as optimal.",
 )
 @click.option(
     "--overwrite",

@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from ..study.config import BACKENDS, DTYPES, PRESETS, StudyConfig, preset_runs
-from .options import default_of, levels_option, no_progress_option, no_report_option, out_option
+from .options import (
+    config_option,
+    default_of,
+    levels_option,
+    no_progress_option,
+    no_report_option,
+    out_option,
+)
 
 __all__ = ["reproduce_command"]
 
@@ -33,48 +40,12 @@ def _default_levels() -> str:
     help=f"Runs per level (dense and each s).  [default: from --preset: {preset_runs()}]",
 )
 @levels_option(_default_levels())
-@click.option(
-    "--max-steps",
-    type=click.IntRange(min=1),
-    default=default_of(StudyConfig, "max_steps"),
-    show_default=True,
-    help="Most steps per run.",
-)
-@click.option(
-    "--tol",
-    type=click.FloatRange(min=0),
-    default=default_of(StudyConfig, "tol"),
-    show_default=True,
-    help="Stop a run at training loss <= tol.",
-)
-@click.option(
-    "--n-monte",
-    type=click.IntRange(min=1),
-    default=default_of(StudyConfig, "n_monte"),
-    show_default=True,
-    help="Monte Carlo draws for L_2s.",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=default_of(StudyConfig, "seed"),
-    show_default=True,
-    help="Master seed of every run's seeds.",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(list(DTYPES)),
-    default=default_of(StudyConfig, "dtype"),
-    show_default=True,
-    help="The engine's precision.",
-)
-@click.option(
-    "--chunk-runs",
-    type=click.IntRange(min=1),
-    default=default_of(StudyConfig, "chunk_runs"),
-    show_default=True,
-    help="Runs per stored part.",
-)
+@config_option(StudyConfig, "max_steps", click.IntRange(min=1), "Most steps per run.")
+@config_option(StudyConfig, "tol", click.FloatRange(min=0), "Stop a run at training loss <= tol.")
+@config_option(StudyConfig, "n_monte", click.IntRange(min=1), "Monte Carlo draws for L_2s.")
+@config_option(StudyConfig, "seed", click.IntRange(min=0), "Master seed of every run's seeds.")
+@config_option(StudyConfig, "dtype", click.Choice(list(DTYPES)), "The engine's precision.")
+@config_option(StudyConfig, "chunk_runs", click.IntRange(min=1), "Runs per stored part.")
 @out_option("results/iris-PRESET")
 @click.option(
     "--overwrite",

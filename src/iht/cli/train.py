@@ -10,8 +10,8 @@ import click
 from ..experiments.config import DEFAULT_STEPS, DTYPES, TrainConfig
 from .options import (
     activation_option,
+    config_option,
     data_option,
-    default_of,
     hidden_option,
     lr_option,
     n_monte_option,
@@ -32,7 +32,9 @@ __all__ = ["train_command"]
 @data_option(None)
 @target_option
 @test_fraction_option(TrainConfig)
-@seed_option(TrainConfig, "Master seed of the split, initialisation, support, L_2s draws, shuffling.")
+@seed_option(
+    TrainConfig, "Master seed of the split, initialisation, support, L_2s draws, shuffling."
+)
 @hidden_option()
 @activation_option(TrainConfig)
 @click.option(
@@ -51,7 +53,9 @@ __all__ = ["train_command"]
     is_flag=True,
     help="Keep biases dense and outside the budget (default: biases are counted).",
 )
-@lr_option(TrainConfig, "Step size: 'auto' (1 / L_hat_2s from the Monte Carlo estimate) or a number.")
+@lr_option(
+    TrainConfig, "Step size: 'auto' (1 / L_hat_2s from the Monte Carlo estimate) or a number."
+)
 @n_monte_option(TrainConfig)
 @click.option(
     "--steps", type=click.IntRange(min=1), help=f"Number of IHT steps.  [default: {DEFAULT_STEPS}]"
@@ -68,26 +72,15 @@ __all__ = ["train_command"]
     help="Mini-batch IHT (SIHT) with this many rows per step, reshuffled every "
     "epoch.  [default: full batch]",
 )
-@click.option(
-    "--eval-every",
-    type=click.IntRange(min=1),
-    default=default_of(TrainConfig, "eval_every"),
-    show_default=True,
-    help="Evaluate the test rows every k steps.",
+@config_option(
+    TrainConfig, "eval_every", click.IntRange(min=1), "Evaluate the test rows every k steps."
 )
-@click.option(
-    "--dtype",
-    type=click.Choice(DTYPES),
-    default=default_of(TrainConfig, "dtype"),
-    show_default=True,
-    help="The precision of the model.",
-)
-@click.option(
-    "--grad-tol",
-    type=click.FloatRange(min=0),
-    default=default_of(TrainConfig, "grad_tol"),
-    show_default=True,
-    help="|grad| at or below this counts as zero in the certificate.",
+@config_option(TrainConfig, "dtype", click.Choice(DTYPES), "The precision of the model.")
+@config_option(
+    TrainConfig,
+    "grad_tol",
+    click.FloatRange(min=0),
+    "|grad| at or below this counts as zero in the certificate.",
 )
 @click.option(
     "--dense-reference",
@@ -96,7 +89,9 @@ __all__ = ["train_command"]
 )
 @threads_option(TrainConfig)
 @out_option("results/train-DATA-MODEL-sSPARSITY-seedSEED")
-@overwrite_option("Reuse a non-empty --out: its contents are moved to replaced-TIMESTAMP/ inside it.")
+@overwrite_option(
+    "Reuse a non-empty --out: its contents are moved to replaced-TIMESTAMP/ inside it."
+)
 @no_report_option
 @no_progress_option
 def train_command(
@@ -115,9 +110,7 @@ def train_command(
 
     started = time.perf_counter()
     config = TrainConfig(**settings)  # type: ignore[arg-type]
-    run = run_train(
-        config, out=out, overwrite=overwrite, progress=not no_progress, log=click.echo
-    )
+    run = run_train(config, out=out, overwrite=overwrite, progress=not no_progress, log=click.echo)
     report = None if no_report else write_train_report(run.directory)
     for line in summary_lines(run, report, time.perf_counter() - started):
         click.echo(line)

@@ -95,19 +95,20 @@ from ..baselines import (
 )
 from ..budget import parse_sparsity_list
 from ..data import Dataset, load_dataset, n_test_rows, random_split, standardise
-from ..errors import InvalidValueError, NonFiniteError, StoreError
+from ..errors import NonFiniteError
 from ..init import reset_parameters_, sparse_init_
 from ..lipschitz import estimate_l2s
 from ..models import build_model
 from ..storage.files import (
     atomic_write_bytes,
     check_output_dir,
+    make_dir,
     move_aside,
     parquet_bytes,
     read_json,
     write_json,
 )
-from ..storage.records import from_dict, to_dict
+from ..storage.records import from_dict, reading_stored, to_dict
 from .config import METHODS, CompareConfig
 from .progress import run_bar
 from .threads import torch_threads
@@ -377,7 +378,7 @@ class CompareResult:
             StoreError: the directory is not empty (without ``overwrite``), or not writable.
         """
         check_output_dir(directory, overwrite=overwrite)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dir(directory)
         move_aside(directory)
         atomic_write_bytes(directory / "results.parquet", parquet_bytes(self.frame))
         write_json(directory / "config.json", to_dict(self.record))
@@ -443,15 +444,7 @@ def read_comparison(directory: str | Path) -> CompareResult:
         StoreError: a file is missing, unreadable or not what ``iht compare`` writes.
     """
     directory = Path(directory)
-    try:
+    with reading_stored(directory, "a saved comparison"):
         record = from_dict(CompareRecord, read_json(directory / "config.json"), where="config.json")
         frame = pd.read_parquet(directory / "results.parquet")
-    except FileNotFoundError as exc:
-        raise StoreError(
-            f"{directory} is not a saved comparison: {Path(str(exc.filename)).name} is missing"
-        ) from None
-    except InvalidValueError as exc:
-        raise StoreError(
-            f"{directory} is not a comparison of this iht version ({exc}); run it again"
-        ) from None
     return CompareResult(record, frame)

@@ -37,7 +37,7 @@ from .. import __version__
 from ..budget import Budget, budgeted_size, layers_of, parse_sparsity, plan_budget
 from ..certify import certify_budget
 from ..data import Dataset, load_dataset, n_test_rows, random_split, standardise
-from ..errors import InvalidValueError, NonFiniteError, StoreError
+from ..errors import NonFiniteError
 from ..export import sparse_payload
 from ..init import reset_parameters_
 from ..lipschitz import estimate_l2s
@@ -46,13 +46,14 @@ from ..optim import IHT
 from ..storage.files import (
     atomic_write_bytes,
     check_output_dir,
+    make_dir,
     move_aside,
     parquet_bytes,
     read_json,
     torch_bytes,
     write_json,
 )
-from ..storage.records import from_dict, to_dict
+from ..storage.records import from_dict, reading_stored, to_dict
 from ..training import History, evaluate, fit
 from .config import DEFAULT_STEPS, TrainConfig
 from .progress import StepProgress
@@ -429,7 +430,7 @@ def _train(
         versions={"iht": __version__, "torch": torch.__version__},
     )
 
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory)
     moved = move_aside(directory) if overwrite else None
     if moved is not None:
         log(f"moved the earlier contents of {directory} to {moved}")
@@ -623,20 +624,12 @@ def read_train_run(directory: str | Path) -> TrainResult:
         StoreError: a file is missing, unreadable or not what ``iht train`` writes.
     """
     directory = Path(directory)
-    try:
+    with reading_stored(directory, "a finished train run"):
         record = from_dict(TrainRecord, read_json(directory / "config.json"), where="config.json")
         metrics = from_dict(
             TrainMetrics, read_json(directory / "metrics.json"), where="metrics.json"
         )
         certificate = read_json(directory / "certificate.json")
         history = pd.read_parquet(directory / "history.parquet")
-    except FileNotFoundError as exc:
-        raise StoreError(
-            f"{directory} is not a finished train run: {Path(str(exc.filename)).name} is missing"
-        ) from None
-    except InvalidValueError as exc:
-        raise StoreError(
-            f"{directory} is not a train run of this iht version ({exc}); run it again"
-        ) from None
     return TrainResult(directory, record, metrics, certificate, history)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..storage.files import atomic_write_bytes
+from ..storage.files import atomic_write_bytes, make_dir
 
 if TYPE_CHECKING:  # matplotlib is imported by the modules that draw, not here
     from matplotlib.figure import Figure
@@ -83,9 +83,9 @@ def figure_png(fig: Figure, *, dpi: int = DPI) -> bytes:
 def write_figures(directory: Path, figures: Iterable[PageFigure]) -> None:
     """Write each figure to ``directory/<name>.png`` atomically; a skipped one's old file goes.
 
-    ``directory`` is created if missing (its parent must exist), so it always matches the page.
+    ``directory`` is created if missing, so it always matches the page.
     """
-    directory.mkdir(exist_ok=True)
+    make_dir(directory)
     for fig in figures:
         path = directory / f"{fig.name}.png"
         if fig.png is None:

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_bytes",
     "check_output_dir",
     "first_line",
+    "make_dir",
     "move_aside",
     "parquet_bytes",
     "read_json",
@@ -91,6 +92,18 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+def make_dir(directory: Path) -> None:
+    """Create ``directory`` (and its parents) if missing.
+
+    Raises:
+        StoreError: it cannot be made (a file in the way, no permission, disk full, ...).
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the directory {directory}: {exc.strerror or exc}") from None
 
 
 def move_aside(directory: Path, entries: list[Path] | None = None) -> Path | None:

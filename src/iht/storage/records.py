@@ -16,15 +16,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import InvalidValueError
+from ..errors import InvalidValueError, StoreError
 
-__all__ = ["from_dict", "to_dict", "to_json"]
+__all__ = ["from_dict", "reading_stored", "to_dict", "to_json"]
 
 T = TypeVar("T")
 
@@ -125,3 +128,23 @@ def _wrong(where: str, value: Any, expected: str) -> InvalidValueError:
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return InvalidValueError(f"{where}: expected {expected}, got {shown}")
+
+
+@contextlib.contextmanager
+def reading_stored(directory: Path, what: str) -> Iterator[None]:
+    """Read a run's stored files: a missing file or a record that does not fit its dataclass
+    becomes one :class:`~iht.errors.StoreError` naming the directory and the file.
+
+    Example:
+        >>> with reading_stored(path, "a finished train run"):          # doctest: +SKIP
+        ...     record = from_dict(TrainRecord, read_json(path / "config.json"))
+    """
+    try:
+        yield
+    except FileNotFoundError as exc:
+        missing = Path(str(exc.filename)).name
+        raise StoreError(f"{directory} is not {what}: {missing} is missing") from None
+    except InvalidValueError as exc:
+        raise StoreError(
+            f"{directory} is not {what} of this iht version ({exc}); run it again"
+        ) from None

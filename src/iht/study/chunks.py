@@ -126,14 +126,7 @@ def run_chunk(
             dense_train_loss = (dense_loss or {}).get(spec.index, float("nan"))
         out.append(
             RunRow(
-                run_id=spec.run_id,
-                kind=spec.kind,
-                sparsity=spec.sparsity,
-                index=spec.index,
-                data_seed=spec.data_seed,
-                init_seed=spec.init_seed,
-                support_seed=spec.support_seed,
-                mc_seed=spec.mc_seed,
+                **spec.identity(),
                 train_idx=np.flatnonzero(train[r]).tolist(),
                 l_hat=estimates[r].estimate,
                 lr=estimates[r].lr,

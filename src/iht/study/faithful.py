@@ -87,14 +87,7 @@ def run_one_faithful(
     train_loss = float(nll[train].mean())
     dense_loss = train_loss if spec.kind == DENSE else dense_train_loss
     return RunRow(
-        run_id=spec.run_id,
-        kind=spec.kind,
-        sparsity=spec.sparsity,
-        index=spec.index,
-        data_seed=spec.data_seed,
-        init_seed=spec.init_seed,
-        support_seed=spec.support_seed,
-        mc_seed=spec.mc_seed,
+        **spec.identity(),
         train_idx=train.tolist(),
         l_hat=estimate.estimate,
         lr=estimate.lr,

@@ -14,6 +14,7 @@ Seeds derive through ``numpy.random.SeedSequence``, so any run can be re-created
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,19 @@ class RunSpec:
     init_seed: int
     support_seed: int
     mc_seed: int
+
+    def identity(self) -> dict[str, Any]:
+        """The fields of a :class:`~iht.study.schema.RunRow` that name the run and its seeds."""
+        return {
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "sparsity": self.sparsity,
+            "index": self.index,
+            "data_seed": self.data_seed,
+            "init_seed": self.init_seed,
+            "support_seed": self.support_seed,
+            "mc_seed": self.mc_seed,
+        }
 
     @property
     def run_id(self) -> str:
