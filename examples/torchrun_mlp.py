@@ -96,8 +96,8 @@ def train(steps: int) -> None:
                 print(f"step {step:5d}  train loss {float(total) / world:.4f}", flush=True)
     elapsed = time.perf_counter() - start
 
-    first = next(iter(model.parameters()))
-    mask = optimizer.state[first]["mask"]
+    mask = optimizer.pool_states["global"].mask  # the support of the one global pool
+    assert mask is not None
     masks_agree = replicas_agree([mask])
     params_agree = replicas_agree(model.parameters())
     if rank == 0:

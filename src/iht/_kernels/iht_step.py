@@ -29,7 +29,7 @@ its entries compete for the budget like every other.
 x_i is computed by the same compiled expression in every pass, without fast-math (no
 contraction into a fused multiply-add in one loop and not another), so all passes see the
 same bits. The reference is the torch kernel of :func:`iht.optim.iht_step` (``kernel="torch"``);
-tests/test_compiled_step.py checks that both give the same parameters and mask in float64.
+tests/test_iht_step_kernel.py checks that both give the same parameters and mask in float64.
 
 When the bracket holds too many entries to collect (a mass of exact ties, typically s at or
 above the number of nonzeros of x), :func:`plan_step` returns None and the caller takes the

@@ -1,0 +1,37 @@
+"""The examples run as the README says (short runs), so an API change cannot break them silently."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_quickstart_runs_and_certifies() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy" in done.stdout and "certificate: stable=" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on the PATH")
+def test_torchrun_example_on_two_cpu_processes() -> None:
+    done = subprocess.run(
+        ["torchrun", "--nproc_per_node", "2", str(EXAMPLES / "torchrun_mlp.py"), "--steps", "20"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "all 2 ranks hold the same mask: True, same parameters: True" in done.stdout
