@@ -38,6 +38,10 @@ def _pool(
     return params, lrs
 
 
+def _grads(params: list[Tensor]) -> list[Tensor | None]:
+    return [p.grad for p in params]
+
+
 def _expected(params: list[Tensor], lrs: list[float], s: int) -> tuple[Tensor, Tensor]:
     x = torch.cat([(p - lr * p.grad).reshape(-1) for p, lr in zip(params, lrs, strict=True)])  # type: ignore[operator]
     return iht.hard_threshold(x, s), iht.threshold_mask(x, s)
@@ -46,9 +50,9 @@ def _expected(params: list[Tensor], lrs: list[float], s: int) -> tuple[Tensor, T
 def _run(
     params: list[Tensor], lrs: list[float], s: int, previous: float | None, width: float
 ) -> tuple[Tensor, Tensor, compiled_step.Plan]:
-    plan = compiled_step.plan_step(params, lrs, s, previous=previous, width=width)
+    plan = compiled_step.plan_step(params, _grads(params), lrs, s, previous=previous, width=width)
     assert plan is not None
-    keep = compiled_step.write_step_(params, lrs, plan)
+    keep = compiled_step.write_step_(params, _grads(params), lrs, plan)
     return torch.cat([p.reshape(-1) for p in params]), keep, plan
 
 
@@ -94,19 +98,19 @@ def test_brackets_warm_then_sample_then_histogram(
     s = 5_000
     x = theta - 1e-3 * theta.grad
     exact = float(x.abs().topk(s).values.min())
-    first = compiled_step.plan_step([theta], [1e-3], s)  # no previous t: the sample
+    first = compiled_step.plan_step([theta], [theta.grad], [1e-3], s)  # no previous t: the sample
     assert first is not None and first.bracket == "sample" and first.threshold == exact
-    warm = compiled_step.plan_step([theta], [1e-3], s, previous=exact * 1.001, width=0.005)
+    warm = compiled_step.plan_step([theta], [theta.grad], [1e-3], s, previous=exact * 1.001, width=0.005)
     assert warm is not None and warm.bracket == "warm" and warm.threshold == exact
-    missed = compiled_step.plan_step([theta], [1e-3], s, previous=exact * 3, width=0.01)
+    missed = compiled_step.plan_step([theta], [theta.grad], [1e-3], s, previous=exact * 3, width=0.01)
     assert missed is not None and missed.bracket == "sample" and missed.threshold == exact
     assert missed.width >= 4 * 0.01  # widened after the miss
-    wide = compiled_step.plan_step([theta], [1e-3], s, previous=exact, width=0.2)
+    wide = compiled_step.plan_step([theta], [theta.grad], [1e-3], s, previous=exact, width=0.2)
     assert wide is not None and wide.bracket == "sample"  # too wide to be worth it
     # A sample that misses t leaves the histogram to decide.
     far = np.linspace(50.0, 60.0, 9).astype(x.numpy().dtype)  # |x| never gets there
     monkeypatch.setattr(compiled_step, "_sample_edges", lambda *args: far)
-    last = compiled_step.plan_step([theta], [1e-3], s)
+    last = compiled_step.plan_step([theta], [theta.grad], [1e-3], s)
     assert last is not None and last.bracket == "histogram" and last.threshold == exact
 
 
@@ -205,26 +209,27 @@ def test_a_mass_of_ties_takes_the_torch_path(monkeypatch: pytest.MonkeyPatch) ->
         opt = iht.IHT(params, lr=0.5, sparsity=150, kernel=kernel)
         opt.step()
         results.append((torch.cat([p.reshape(-1) for p in params]), opt.pool_states["global"].mask))
-    assert compiled_step.plan_step(*_pool([200, 200], 4, torch.float64, 1), 150) is None
+    tied, tied_lrs = _pool([200, 200], 4, torch.float64, 1)
+    assert compiled_step.plan_step(tied, _grads(tied), tied_lrs, 150) is None
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
 
 
 def test_ineligible_pools() -> None:
     p = torch.zeros(4, 4)
-    assert compiled_step.eligible([p])  # no gradient: read as it is (x = theta)
+    assert compiled_step.eligible([p], _grads([p]))  # no gradient: read as it is (x = theta)
     p.grad = torch.zeros(4, 4)
-    assert compiled_step.eligible([p])
-    assert not compiled_step.eligible([p.t()])  # not contiguous
+    assert compiled_step.eligible([p], _grads([p]))
+    assert not compiled_step.eligible([p.t()], _grads([p.t()]))  # not contiguous
     p.grad = torch.zeros(4, 4).t()
-    assert not compiled_step.eligible([p])  # a gradient that is not contiguous
+    assert not compiled_step.eligible([p], _grads([p]))  # a gradient that is not contiguous
     p.grad = torch.zeros(4, 4)
     q = torch.zeros(3, dtype=torch.float64)
     q.grad = torch.zeros(3, dtype=torch.float64)
-    assert not compiled_step.eligible([p, q])  # mixed dtypes
+    assert not compiled_step.eligible([p, q], _grads([p, q]))  # mixed dtypes
     h = torch.zeros(3, dtype=torch.float16)
     h.grad = torch.zeros(3, dtype=torch.float16)
-    assert not compiled_step.eligible([h])
+    assert not compiled_step.eligible([h], _grads([h]))
 
 
 def test_bad_kernel_is_refused() -> None:

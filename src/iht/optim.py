@@ -30,7 +30,16 @@ from torch.optim import Optimizer
 from .errors import InvalidTypeError, InvalidValueError, NonFiniteError
 from .threshold import check_sparsity, flatten, hard_threshold, split_like, top_s_mask
 
-__all__ = ["COMPILED_MIN_SIZE", "IHT", "KERNELS", "PoolState", "StepPool", "iht_step", "iht_update"]
+__all__ = [
+    "COMPILED_MIN_SIZE",
+    "IHT",
+    "KERNELS",
+    "PoolState",
+    "StepPool",
+    "iht_step",
+    "iht_update",
+    "project_",
+]
 
 _GLOBAL = "global"
 _OWN = "own"
@@ -78,12 +87,14 @@ class PoolState:
             rewrites it in place (clone it to keep an old support).
         threshold: t, the s-th largest |x| of the last compiled selection (its warm start).
         bracket_width: the compiled step's relative bracket half-width for the next step.
+        sparsity: the budget ``mask`` was selected with (a new budget re-selects).
     """
 
     step: int = 0
     mask: Tensor | None = None
     threshold: float | None = None
     bracket_width: float | None = None
+    sparsity: int | None = None
     # ~mask, kept until the mask changes (keyed on its identity and version counter).
     dropped_cache: tuple[Tensor, int, Tensor] | None = field(
         default=None, repr=False, compare=False
@@ -96,6 +107,7 @@ class PoolState:
             "mask": self.mask,
             "threshold": self.threshold,
             "bracket_width": self.bracket_width,
+            "sparsity": self.sparsity,
         }
 
     @classmethod
@@ -105,11 +117,13 @@ class PoolState:
         if mask is not None:
             mask = torch.as_tensor(mask).to(device=device, dtype=torch.bool)
         threshold, width = data.get("threshold"), data.get("bracket_width")
+        sparsity = data.get("sparsity")
         return cls(
             step=int(data.get("step", 0)),
             mask=mask,
             threshold=None if threshold is None else float(threshold),
             bracket_width=None if width is None else float(width),
+            sparsity=None if sparsity is None else int(sparsity),
         )
 
 
@@ -118,15 +132,18 @@ class StepPool:
     """One budget pool as :func:`iht_step` sees it.
 
     Attributes:
-        params: every tensor of the pool. Those whose ``.grad`` is None take no gradient step
-            (x = theta there), but H_s acts on them with the others: their nonzeros count
-            against the pool's budget like any others.
+        params: every tensor of the pool.
+        grads: the gradient of each (usually ``p.grad``). A tensor whose gradient is None
+            takes no gradient step (x = theta there), but H_s acts on it with the others: its
+            nonzeros count against the pool's budget like any others. With every gradient
+            None the step is the projection theta <- H_s(theta).
         lrs: the step size of each tensor.
         sparsity: the budget s of the pool, or None for a dense (GD) pool.
         state: the pool's :class:`PoolState`, updated in place.
     """
 
     params: list[Tensor]
+    grads: list[Tensor | None]
     lrs: list[float]
     sparsity: int | None
     state: PoolState
@@ -137,9 +154,9 @@ def iht_step(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str
 
     The budget of a pool holds over the concatenation of its tensors (ties: the smaller flat
     index in pool order). Every pool's update is read and checked before any is written: when
-    one is not finite, nothing changes. A pool none of whose tensors has a gradient is skipped
-    (its state is not advanced). On steps where ``state.step % threshold_every != 0`` the
-    support is not re-selected: the step is a gradient step restricted to ``state.mask``.
+    one is not finite, nothing changes. On steps where ``state.step % threshold_every != 0``
+    (and the budget is the one of the last selection) the support is not re-selected: the
+    step is a gradient step restricted to ``state.mask``.
 
     Args:
         pools: the pools (see :class:`StepPool`).
@@ -151,18 +168,33 @@ def iht_step(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str
     Raises:
         NonFiniteError: a gradient or the update of some pool is NaN or infinite (named).
     """
-    writes = [
-        _plan(pool, threshold_every, kernel)
-        for pool in pools
-        if any(p.grad is not None for p in pool.params)
-    ]
+    writes = [_plan(pool, threshold_every, kernel) for pool in pools]
     for write in writes:
         write()
 
 
+def project_(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str = "auto") -> None:
+    """theta <- H_s(theta) for every pool, in place: :func:`iht_step` without a gradient.
+
+    What an optimizer wrapper applies after its base optimizer's step (``pool.grads`` and
+    ``pool.lrs`` are ignored). The support is re-selected as in :func:`iht_step`.
+
+    Raises:
+        NonFiniteError: a pool holds NaN or infinite entries (nothing is written).
+    """
+    iht_step(
+        [
+            StepPool(p.params, [None] * len(p.params), [0.0] * len(p.params), p.sparsity, p.state)
+            for p in pools
+        ],
+        threshold_every=threshold_every,
+        kernel=kernel,
+    )
+
+
 def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
     """Check one pool's update (read only) and return the function that writes it."""
-    params, lrs, budget, state = pool.params, pool.lrs, pool.sparsity, pool.state
+    params, grads, lrs, budget, state = pool.params, pool.grads, pool.lrs, pool.sparsity, pool.state
     size = sum(p.numel() for p in params)
     if budget is None or not 0 < budget < size or kernel == "torch":
         return _plan_torch(pool, every)
@@ -170,20 +202,21 @@ def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
         return _plan_torch(pool, every)
     from ._kernels import iht_step as kernels
 
-    if not kernels.eligible(params):
+    if not kernels.eligible(params, grads):
         return _plan_torch(pool, every)
-    if not _reselects(state, every, size):
-        if kernels.nonfinite_count(params, lrs):
-            _raise_nonfinite(params, lrs)
+    if not _reselects(state, every, size, budget):
+        if kernels.nonfinite_count(params, grads, lrs):
+            _raise_nonfinite(params, grads, lrs)
         mask = cast(Tensor, state.mask)
 
         def write_masked() -> None:
-            kernels.masked_step_(params, lrs, mask)
+            kernels.masked_step_(params, grads, lrs, mask)
             state.step += 1
 
         return write_masked
     plan = kernels.plan_step(
         params,
+        grads,
         lrs,
         budget,
         previous=state.threshold,
@@ -192,38 +225,46 @@ def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
     if plan is None:  # a mass of ties at the boundary: the torch path ranks them
         return _plan_torch(pool, every)
     if plan.nonfinite:
-        _raise_nonfinite(params, lrs)
+        _raise_nonfinite(params, grads, lrs)
 
     def write() -> None:
         # The stored mask is overwritten in place (clone it to keep an old support).
-        state.mask = kernels.write_step_(params, lrs, plan, out=state.mask)
+        state.mask = kernels.write_step_(params, grads, lrs, plan, out=state.mask)
         state.threshold = plan.threshold
         state.bracket_width = plan.width
+        state.sparsity = budget
         state.step += 1
 
     return write
 
 
-def _reselects(state: PoolState, every: int, size: int) -> bool:
-    """Whether this step re-selects the support (else the stored mask is applied)."""
-    return state.step % every == 0 or state.mask is None or state.mask.numel() != size
+def _reselects(state: PoolState, every: int, size: int, budget: int) -> bool:
+    """Whether this step re-selects the support (else the stored mask is applied): every
+    ``every`` steps, and whenever there is no mask for this pool or the budget changed."""
+    return (
+        state.step % every == 0
+        or state.mask is None
+        or state.mask.numel() != size
+        or state.sparsity != budget
+    )
 
 
 def _plan_torch(pool: StepPool, every: int) -> Callable[[], None]:
     """The reference step: in place, as torch.optim.SGD; no flat copy except to select."""
-    params, lrs, budget, state = pool.params, pool.lrs, pool.sparsity, pool.state
-    _check_finite(params, lrs)
+    params, grads, lrs, budget, state = pool.params, pool.grads, pool.lrs, pool.sparsity, pool.state
+    _check_finite(params, grads, lrs)
 
     def write() -> None:
-        for p, lr in zip(params, lrs, strict=True):
-            if p.grad is not None:
-                p.add_(p.grad, alpha=-lr)
+        for p, g, lr in zip(params, grads, lrs, strict=True):
+            if g is not None:
+                p.add_(g, alpha=-lr)
         if budget is not None:
             size = sum(p.numel() for p in params)
-            if _reselects(state, every, size):
+            if _reselects(state, every, size, budget):
                 # params now hold theta - lr * grad (theta where there is no gradient)
                 state.mask = top_s_mask(flatten(p.detach() for p in params), budget)
                 state.threshold = None  # a compiled step's warm start no longer applies
+                state.sparsity = budget
             for p, dropped in zip(params, split_like(_dropped(state), params), strict=True):
                 p.masked_fill_(dropped, 0.0)
         state.step += 1
@@ -244,12 +285,17 @@ def _dropped(state: PoolState) -> Tensor:
     return cached[2]
 
 
-def _check_finite(params: Sequence[Tensor], lrs: Sequence[float]) -> None:
+def _check_finite(
+    params: Sequence[Tensor], grads: Sequence[Tensor | None], lrs: Sequence[float]
+) -> None:
     """Raise NonFiniteError, naming the cause, if theta - lr * grad is not finite."""
     # The bound |theta - lr g| <= max|theta| + lr max|g| avoids a copy unless near overflow.
-    for p, lr in zip(params, lrs, strict=True):
-        grad = p.grad
+    for p, grad, lr in zip(params, grads, lrs, strict=True):
         if grad is None:
+            if not bool(torch.isfinite(p).all()):
+                raise NonFiniteError(
+                    f"a parameter of shape {tuple(p.shape)} is not finite; nothing was changed"
+                )
             continue
         g_max = float(torch.linalg.vector_norm(grad, ord=math.inf))
         if not math.isfinite(g_max):
@@ -265,8 +311,10 @@ def _check_finite(params: Sequence[Tensor], lrs: Sequence[float]) -> None:
             )
 
 
-def _raise_nonfinite(params: Sequence[Tensor], lrs: Sequence[float]) -> None:
-    _check_finite(params, lrs)  # names the cause
+def _raise_nonfinite(
+    params: Sequence[Tensor], grads: Sequence[Tensor | None], lrs: Sequence[float]
+) -> None:
+    _check_finite(params, grads, lrs)  # names the cause
     raise NonFiniteError("the update theta - lr * grad is not finite; parameters left unchanged")
 
 
@@ -425,11 +473,14 @@ class IHT(Optimizer):
         # Read from the param groups, not self.defaults: load_state_dict restores the groups
         # (as it restores lr), while defaults keep the value this instance was built with.
         first = self.param_groups[0] if self.param_groups else self.defaults
+        pools = []
+        for key, params, lrs, budget in self._pools():
+            grads = [p.grad for p in params]
+            if any(g is not None for g in grads):  # a pool without any gradient is not stepped
+                state = self.pool_states.setdefault(key, PoolState())
+                pools.append(StepPool(params, grads, lrs, budget, state))
         iht_step(
-            [
-                StepPool(params, lrs, budget, self.pool_states.setdefault(key, PoolState()))
-                for key, params, lrs, budget in self._pools()
-            ],
+            pools,
             threshold_every=int(first["threshold_every"]),
             kernel=str(first.get("kernel", "auto")),
         )

@@ -64,6 +64,7 @@ __all__ = [
     "SAMPLE_SIZE",
     "START_WIDTH",
     "WARM_MAX_WIDTH",
+    "Grads",
     "Plan",
     "eligible",
     "kth_largest_magnitude",
@@ -349,16 +350,15 @@ def _torch_threads(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-def eligible(params: Sequence[Tensor]) -> bool:
+def eligible(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> bool:
     """Whether the compiled step applies: CPU, one float32/float64 dtype, contiguous tensors and
-    gradients alike (a tensor without a gradient is read as it is: x_i = theta_i)."""
+    gradients alike (a tensor without a gradient, None, is read as it is: x_i = theta_i)."""
     if not params:
         return False
     dtype = params[0].dtype
     if dtype not in _KEY:
         return False
-    for p in params:
-        g = p.grad
+    for p, g in zip(params, grads, strict=True):
         if p.device.type != "cpu" or p.dtype != dtype or not p.is_contiguous():
             return False
         if g is not None and (
@@ -384,12 +384,16 @@ def _typed(value: float, dtype: torch.dtype) -> np.floating:
 _Operands = list[tuple[NDArray[np.floating], NDArray[np.floating] | None, np.floating]]
 
 
-def _operands(params: Sequence[Tensor], lrs: Sequence[float]) -> _Operands:
+#: The gradient of each tensor of a pool (None: no gradient step for that tensor).
+Grads = Sequence[Tensor | None]
+
+
+def _operands(params: Sequence[Tensor], grads: Grads, lrs: Sequence[float]) -> _Operands:
     """(theta, grad or None, lr) of each tensor as flat NumPy views and a scalar of their dtype."""
     dtype = params[0].dtype
     return [
-        (_flat(p), None if p.grad is None else _flat(p.grad), _typed(lr, dtype))
-        for p, lr in zip(params, lrs, strict=True)
+        (_flat(p), None if g is None else _flat(g), _typed(lr, dtype))
+        for p, g, lr in zip(params, grads, lrs, strict=True)
     ]
 
 
@@ -473,6 +477,7 @@ def _histogram_bracket(
 @_torch_threads
 def plan_step(
     params: Sequence[Tensor],
+    grads: Grads,
     lrs: Sequence[float],
     budget: int,
     previous: float | None = None,
@@ -481,7 +486,8 @@ def plan_step(
     """The read pass of theta <- H_s(theta - lr * grad) over a pool; nothing is written.
 
     Args:
-        params: the pool's tensors (see :func:`eligible`), with ``.grad`` set.
+        params: the pool's tensors (see :func:`eligible`).
+        grads: their gradients (None: x = theta for that tensor; all None: H_s of theta).
         lrs: the step size of each tensor.
         budget: s, with 0 < s < P.
         previous: the threshold t of the previous selection, if any (a warm start).
@@ -490,7 +496,7 @@ def plan_step(
     Returns:
         The :class:`Plan`, or None when the boundary holds too many tied entries to collect.
     """
-    return _plan(_operands(params, lrs), params[0].dtype, budget, previous, width)
+    return _plan(_operands(params, grads, lrs), params[0].dtype, budget, previous, width)
 
 
 @_torch_threads
@@ -609,14 +615,18 @@ def _next_width(width: float, source: str, t: float, previous: float | None, ins
 
 @_torch_threads
 def write_step_(
-    params: Sequence[Tensor], lrs: Sequence[float], plan: Plan, out: Tensor | None = None
+    params: Sequence[Tensor],
+    grads: Grads,
+    lrs: Sequence[float],
+    plan: Plan,
+    out: Tensor | None = None,
 ) -> Tensor:
     """The write pass: theta <- H_s(theta - lr * grad) in place; returns the flat kept mask.
 
     ``out``, a flat bool tensor of the pool's size, receives the mask if given (reusing one
     buffer saves the page faults of a fresh allocation at every step).
     """
-    keep = _write_plan(_operands(params, lrs), params[0].dtype, plan, out)
+    keep = _write_plan(_operands(params, grads, lrs), params[0].dtype, plan, out)
     _mark_written([*params, keep])
     return keep
 
@@ -660,16 +670,18 @@ def _write_plan(operands: _Operands, dtype: torch.dtype, plan: Plan, out: Tensor
 
 
 @_torch_threads
-def nonfinite_count(params: Sequence[Tensor], lrs: Sequence[float]) -> int:
+def nonfinite_count(params: Sequence[Tensor], grads: Grads, lrs: Sequence[float]) -> int:
     """How many entries of theta - lr * grad over the pool are inf or NaN (read only)."""
-    return sum(int(_count_nonfinite(*ops)) for ops in _operands(params, lrs))
+    return sum(int(_count_nonfinite(*ops)) for ops in _operands(params, grads, lrs))
 
 
 @_torch_threads
-def masked_step_(params: Sequence[Tensor], lrs: Sequence[float], keep: Tensor) -> None:
+def masked_step_(
+    params: Sequence[Tensor], grads: Grads, lrs: Sequence[float], keep: Tensor
+) -> None:
     """theta <- (theta - lr * grad) on the flat mask ``keep``, 0 off it, in place."""
     zero = _typed(0.0, params[0].dtype)
-    operands = _operands(params, lrs)
+    operands = _operands(params, grads, lrs)
     pieces = np.split(keep.numpy(), _starts(operands)[1:-1])
     for (theta, grad, lr), kept in zip(operands, pieces, strict=True):
         _masked_write(theta, grad, lr, zero, kept)
