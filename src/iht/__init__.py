@@ -10,18 +10,25 @@ from .errors import EstimateError, IhtError, NonFiniteError
 from .init import random_support, reset_parameters_, sparse_init_
 from .lipschitz import L2sEstimate, estimate_l2s, estimate_l2s_fn
 from .optim import IHT, PoolState, iht_step, iht_update
+from .schedules import ACDC, Constant, Cubic, DenseWarmup
+from .sparse_optimizer import SparseOptimizer
 from .threshold import boundary_tie, hard_threshold, threshold_mask
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "ACDC",
     "IHT",
     "Certificate",
+    "Constant",
+    "Cubic",
+    "DenseWarmup",
     "EstimateError",
     "IhtError",
     "L2sEstimate",
     "NonFiniteError",
     "PoolState",
+    "SparseOptimizer",
     "boundary_tie",
     "certify",
     "certify_point",

@@ -36,8 +36,10 @@ __all__ = [
     "KERNELS",
     "PoolState",
     "StepPool",
+    "check_lr",
     "iht_step",
     "iht_update",
+    "param_pools",
     "project_",
 ]
 
@@ -100,6 +102,18 @@ class PoolState:
         default=None, repr=False, compare=False
     )
 
+    def dropped(self) -> Tensor:
+        """~mask, computed once per selection (not once per step).
+
+        Keyed on the mask's identity and version counter: the compiled step (and anyone
+        editing the mask) changes the mask in place.
+        """
+        mask = cast(Tensor, self.mask)
+        cached = self.dropped_cache
+        if cached is None or cached[0] is not mask or cached[1] != mask._version:
+            cached = self.dropped_cache = (mask, mask._version, ~mask)
+        return cached[2]
+
     def to_dict(self) -> dict[str, Any]:
         """The state as plain values and tensors (what :meth:`IHT.state_dict` stores)."""
         return {
@@ -115,7 +129,9 @@ class PoolState:
         """Inverse of :meth:`to_dict`; the mask is moved to ``device`` and kept boolean."""
         mask = data.get("mask")
         if mask is not None:
-            mask = torch.as_tensor(mask).to(device=device, dtype=torch.bool)
+            # A copy: the compiled step rewrites the mask in place, and a state dict holds the
+            # live tensors of the optimizer it came from.
+            mask = torch.as_tensor(mask).to(device=device, dtype=torch.bool, copy=True)
         threshold, width = data.get("threshold"), data.get("bracket_width")
         sparsity = data.get("sparsity")
         return cls(
@@ -265,24 +281,11 @@ def _plan_torch(pool: StepPool, every: int) -> Callable[[], None]:
                 state.mask = top_s_mask(flatten(p.detach() for p in params), budget)
                 state.threshold = None  # a compiled step's warm start no longer applies
                 state.sparsity = budget
-            for p, dropped in zip(params, split_like(_dropped(state), params), strict=True):
+            for p, dropped in zip(params, split_like(state.dropped(), params), strict=True):
                 p.masked_fill_(dropped, 0.0)
         state.step += 1
 
     return write
-
-
-def _dropped(state: PoolState) -> Tensor:
-    """~state.mask, computed once per selection (not once per step).
-
-    Keyed on the mask's version counter too: the compiled step (and anyone editing the mask)
-    changes the mask in place.
-    """
-    mask = cast(Tensor, state.mask)
-    cached = state.dropped_cache
-    if cached is None or cached[0] is not mask or cached[1] != mask._version:
-        cached = state.dropped_cache = (mask, mask._version, ~mask)
-    return cached[2]
 
 
 def _check_finite(
@@ -318,12 +321,38 @@ def _raise_nonfinite(
     raise NonFiniteError("the update theta - lr * grad is not finite; parameters left unchanged")
 
 
+def param_pools(
+    param_groups: Sequence[dict[str, Any]], global_sparsity: int | None
+) -> list[tuple[str, list[Tensor], list[float], int | None]]:
+    """(key, tensors, step sizes, budget) of every budget pool of an optimizer's groups.
+
+    A group with its own ``"sparsity"`` is a pool of its own (key ``"group<i>"``); all the
+    others share one pool with ``global_sparsity`` (key ``"global"``, last). Frozen tensors
+    (no grad required, none given) are in no pool.
+    """
+    pools: list[tuple[str, list[Tensor], list[float], int | None]] = []
+    shared: list[Tensor] = []
+    shared_lrs: list[float] = []
+    for i, group in enumerate(param_groups):
+        params = [p for p in group["params"] if _in_pool(p)]
+        lrs = [float(group.get("lr", 0.0))] * len(params)
+        if group.get("sparsity") is not None:
+            pools.append((f"group{i}", params, lrs, int(group["sparsity"])))
+        else:
+            shared += params
+            shared_lrs += lrs
+    if shared:
+        pools.append((_GLOBAL, shared, shared_lrs, global_sparsity))
+    return pools
+
+
 def _in_pool(p: Tensor) -> bool:
     """A frozen tensor (no grad required, none given) is in no pool; every other one is."""
     return p.requires_grad or p.grad is not None
 
 
-def _check_lr(lr: object) -> float:
+def check_lr(lr: object) -> float:
+    """``lr`` as a positive finite float, or a one-line error naming it."""
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise InvalidTypeError(f"lr must be a positive finite number, got {lr!r}")
     value = float(lr)
@@ -392,7 +421,7 @@ class IHT(Optimizer):
         threshold_every: int = 1,
         kernel: str = "auto",
     ) -> None:
-        lr = _check_lr(lr)
+        lr = check_lr(lr)
         if kernel not in KERNELS:
             raise InvalidValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         if (
@@ -421,7 +450,7 @@ class IHT(Optimizer):
         param_group["pool"] = param_group.get("pool", _OWN if own else _GLOBAL)
         param_group.setdefault("sparsity", None)
         if "lr" in param_group:
-            param_group["lr"] = _check_lr(param_group["lr"])
+            param_group["lr"] = check_lr(param_group["lr"])
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         params = cast(list[Tensor], group["params"])
@@ -444,21 +473,7 @@ class IHT(Optimizer):
         )
 
     def _pools(self) -> list[tuple[str, list[Tensor], list[float], int | None]]:
-        """(key, tensors, step sizes, budget) of every pool, the global pool last."""
-        pools: list[tuple[str, list[Tensor], list[float], int | None]] = []
-        shared: list[Tensor] = []
-        shared_lrs: list[float] = []
-        for i, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if _in_pool(p)]
-            lrs = [float(group["lr"])] * len(params)
-            if group["pool"] == _OWN:
-                pools.append((f"group{i}", params, lrs, group["sparsity"]))
-            else:
-                shared += params
-                shared_lrs += lrs
-        if shared:
-            pools.append((_GLOBAL, shared, shared_lrs, self.param_groups[0]["global_sparsity"]))
-        return pools
+        return param_pools(self.param_groups, self.param_groups[0]["global_sparsity"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

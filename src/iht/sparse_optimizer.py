@@ -1,0 +1,263 @@
+r"""IHT over any torch optimizer: the base optimizer's step, then the projection onto the budget.
+
+With a base optimizer's update :math:`\theta \mapsto U(\theta)` (SGD with momentum or Nesterov,
+Adam, AdamW, ...), every step of :class:`SparseOptimizer` is
+
+.. math:: \theta \leftarrow H_s(U(\theta)),
+
+H_s over each budget pool exactly as :class:`iht.IHT` takes it (one global budget, or a
+param group's own ``"sparsity"``; ties to the smaller flat index; ``threshold_every``; the
+compiled kernels for large CPU pools). With ``torch.optim.SGD`` without momentum, U is the
+gradient step and this is IHT itself, bit for bit.
+
+The base optimizer's state (momentum buffers, Adam's moments) holds a value per coordinate.
+With ``state="zero"`` (the default) it is zeroed on every coordinate outside the support
+after each projection, so a pruned weight can come back only through its gradient, never
+through momentum alone (AC/DC and RigL do the same at mask changes). ``state="keep"`` leaves
+it as the base optimizer wrote it.
+
+A :class:`~iht.schedules.Schedule` sets the budget of each step (dense warm-up, a cubic
+decay to s, AC/DC phases); the projection is exact at every step, and a dense step of a
+schedule projects nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .errors import InvalidTypeError, InvalidValueError, NonFiniteError
+from .optim import IHT, KERNELS, PoolState, StepPool, param_pools, project_
+from .schedules import Constant, Schedule
+from .threshold import check_sparsity, split_like
+
+__all__ = ["STATE_POLICIES", "SparseOptimizer"]
+
+#: What happens to the base optimizer's state off the support.
+STATE_POLICIES = ("zero", "keep")
+
+
+class SparseOptimizer(Optimizer):
+    r"""Wrap any ``torch.optim.Optimizer`` so that its iterate stays on a budget of s nonzeros.
+
+    ``step()`` runs the base optimizer's step and then projects every budget pool onto its
+    budget (see the module docstring). The wrapper shares the base optimizer's
+    ``param_groups``, ``defaults`` and ``state``, so learning-rate schedulers work on it as on
+    the base optimizer (``OneCycleLR`` included, whose momentum cycling needs the base's
+    momentum or betas).
+
+    Args:
+        optimizer: the base optimizer (not an :class:`iht.IHT`, which projects already). A
+            param group with its own ``"sparsity"`` key is a pool with its own budget.
+        sparsity: the global budget s of the other groups, or None for no global budget.
+        threshold_every: re-select the support every k steps of a pool; in between, the
+            step's result is restricted to the current support.
+        kernel: ``"auto"``, ``"compiled"`` or ``"torch"``, as for :class:`iht.IHT`.
+        state: ``"zero"`` (the base optimizer's state is zeroed off the support) or ``"keep"``.
+        schedule: the budget of each step (:mod:`iht.schedules`); default: s from the start.
+
+    Raises:
+        TypeError, ValueError: a bad optimizer, budget, ``threshold_every``, kernel or state.
+        NonFiniteError: from ``step``, when a gradient is not finite (nothing is changed) or
+            the base optimizer's update is not finite (the parameters are then the base's
+            update, not projected).
+
+    Example:
+        >>> base = torch.optim.AdamW(model.parameters(), lr=1e-2)      # doctest: +SKIP
+        >>> opt = SparseOptimizer(base, sparsity=521, schedule=Cubic(1000, 4000))  # doctest: +SKIP
+        >>> loss.backward(); opt.step(); opt.zero_grad()               # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        sparsity: int | None,
+        threshold_every: int = 1,
+        kernel: str = "auto",
+        state: str = "zero",
+        schedule: Schedule | None = None,
+    ) -> None:
+        # Optimizer.__init__ is not called: the groups, defaults and state are the base's.
+        if not isinstance(optimizer, Optimizer):
+            raise InvalidTypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        if isinstance(optimizer, IHT | SparseOptimizer):
+            raise InvalidTypeError(
+                f"optimizer must be a plain torch optimizer, not {type(optimizer).__name__} "
+                "(it projects already)"
+            )
+        if kernel not in KERNELS:
+            raise InvalidValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        if state not in STATE_POLICIES:
+            raise InvalidValueError(
+                f"state must be one of {', '.join(STATE_POLICIES)}, got {state!r}"
+            )
+        if (
+            isinstance(threshold_every, bool)
+            or not isinstance(threshold_every, int)
+            or threshold_every < 1
+        ):
+            raise InvalidValueError(
+                f"threshold_every must be an integer >= 1, got {threshold_every!r}"
+            )
+        self.optimizer = optimizer
+        self.sparsity = sparsity
+        self.threshold_every = threshold_every
+        self.kernel = kernel
+        self.state_policy = state
+        self.schedule: Schedule = schedule if schedule is not None else Constant()
+        self.pool_states: dict[str, PoolState] = {}
+        #: Steps taken: the schedule's clock.
+        self.steps_taken = 0
+        self._check_budgets()
+
+    # -- what the base optimizer holds, shared -------------------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = groups
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, defaults: dict[str, Any]) -> None:
+        self.optimizer.defaults = defaults
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, state: Any) -> None:
+        self.optimizer.state = state
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseOptimizer({self.optimizer!r}, sparsity={self.sparsity}, "
+            f"schedule={self.schedule!r}, state={self.state_policy!r})"
+        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer (its own ``"sparsity"`` makes it its own pool)."""
+        self.optimizer.add_param_group(param_group)
+        self._check_budgets()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def _check_budgets(self) -> None:
+        for key, params, _, budget in param_pools(self.param_groups, self.sparsity):
+            if budget is not None:
+                name = "sparsity" if key == "global" else f"sparsity of {key}"
+                check_sparsity(budget, sum(p.numel() for p in params), name=name)
+
+    # -- the step -------------------------------------------------------------------------
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """The base optimizer's step, then the projection of every pool onto this step's budget."""
+        pools = param_pools(self.param_groups, self.sparsity)
+        if closure is None:
+            _check_gradients(p for _, params, _, _ in pools for p in params)
+            loss = self.optimizer.step()
+        else:
+            loss = self.optimizer.step(closure)
+            value = float(loss.detach()) if isinstance(loss, Tensor) else loss
+            if value is not None and not math.isfinite(float(value)):
+                raise NonFiniteError(f"loss is {float(value)}; the update was not projected")
+        with torch.no_grad():
+            self._project(pools)
+        self.steps_taken += 1
+        return loss
+
+    def _project(self, pools: list[tuple[str, list[Tensor], list[float], int | None]]) -> None:
+        projected: list[StepPool] = []
+        for key, params, _, final in pools:
+            if final is None or not params:
+                continue
+            size = sum(p.numel() for p in params)
+            budget = self.schedule.budget(self.steps_taken, final, size)
+            pool_state = self.pool_states.setdefault(key, PoolState())
+            if budget is None:  # a dense step: nothing projected; the next sparse step selects
+                pool_state.mask = None
+                continue
+            check_sparsity(budget, size, name=f"the schedule's budget of pool {key}")
+            projected.append(StepPool(params, [], [], budget, pool_state))
+        try:
+            project_(projected, threshold_every=self.threshold_every, kernel=self.kernel)
+        except NonFiniteError as exc:
+            raise NonFiniteError(
+                f"the base optimizer's update is not finite ({exc}); it was not projected"
+            ) from None
+        if self.state_policy == "zero":
+            for pool in projected:
+                self._zero_state_off_support(pool.params, pool.state)
+
+    def _zero_state_off_support(self, params: list[Tensor], pool_state: PoolState) -> None:
+        """Zero every per-coordinate state tensor of the base optimizer outside the support."""
+        if pool_state.mask is None or pool_state.mask.all():
+            return
+        for p, dropped in zip(params, split_like(pool_state.dropped(), params), strict=True):
+            for name, value in self.optimizer.state.get(p, {}).items():
+                if (
+                    name != "step"
+                    and isinstance(value, Tensor)
+                    and value.shape == p.shape
+                    and value.is_floating_point()
+                ):
+                    value.masked_fill_(dropped, 0.0)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict, each pool's :class:`~iht.PoolState`, the clock."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "pools": {key: pool.to_dict() for key, pool in self.pool_states.items()},
+            "steps_taken": self.steps_taken,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output: a resumed run continues bit for bit."""
+        if not isinstance(state_dict, dict) or "optimizer" not in state_dict:
+            raise InvalidValueError(
+                "not a SparseOptimizer state dict (it has no 'optimizer' entry); "
+                "load a base optimizer's state dict into the base optimizer"
+            )
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        device = next((p.device for g in self.param_groups for p in g["params"]), None)
+        self.pool_states = {
+            key: PoolState.from_dict(value, device=device)
+            for key, value in state_dict.get("pools", {}).items()
+        }
+        self.steps_taken = int(state_dict.get("steps_taken", 0))
+
+
+def _check_gradients(params: Iterable[Tensor]) -> None:
+    """Raise NonFiniteError, naming the tensor, on a NaN or infinite gradient (nothing done).
+
+    One read of each gradient (its max-norm, which is NaN or inf exactly when an entry is)
+    and one device sync for all of them.
+    """
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return
+    norms = torch.stack(
+        [torch.linalg.vector_norm(p.grad, ord=math.inf).float() for p in with_grad]  # type: ignore[arg-type]
+    )
+    finite = torch.isfinite(norms)
+    if not bool(finite.all()):
+        bad = with_grad[int((~finite).nonzero()[0])]
+        raise NonFiniteError(
+            f"non-finite gradient in a parameter of shape {tuple(bad.shape)}; "
+            "parameters left unchanged"
+        )
