@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from timing import interleaved
 from torch import nn
 
 import iht
@@ -82,33 +83,31 @@ def main() -> None:
         twin = copy.deepcopy(model)
         runs[name] = (twin, make(twin))
 
-    def step(net: nn.Module, opt: torch.optim.Optimizer) -> float:
-        """One training step on the current batch; returns the seconds in ``opt.step()`` alone."""
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        start = time.perf_counter()
-        opt.step()
-        return time.perf_counter() - start
-
-    for net, opt in runs.values():  # warm-up (and the compiled kernels' first call)
-        step(net, opt)
-    whole: dict[str, list[float]] = {name: [] for name in runs}
-    alone: dict[str, list[float]] = {name: [] for name in runs}
+    batch = {"x": x, "y": y}
     gen = torch.Generator().manual_seed(1)
-    for _ in range(args.rounds):
-        spent = dict.fromkeys(runs, 0.0)
-        spent_alone = dict.fromkeys(runs, 0.0)
-        for _ in range(ROUND):
-            if args.fresh_batches:  # every variant sees the same batches
-                x = torch.randn(args.batch, 784, generator=gen)
-                y = torch.randint(0, 10, (args.batch,), generator=gen)
-            for name, (net, opt) in runs.items():
-                start = time.perf_counter()
-                spent_alone[name] += step(net, opt)
-                spent[name] += time.perf_counter() - start
-        for name in runs:
-            whole[name].append(spent[name] / ROUND)
-            alone[name].append(spent_alone[name] / ROUND)
+
+    def new_batch() -> None:
+        if args.fresh_batches:  # every variant sees the same batches
+            batch["x"] = torch.randn(args.batch, 784, generator=gen)
+            batch["y"] = torch.randint(0, 10, (args.batch,), generator=gen)
+
+    def stepper(net: nn.Module, opt: torch.optim.Optimizer) -> Callable[[], float]:
+        def step() -> float:
+            """One training step on the current batch; the seconds in ``opt.step()`` alone."""
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(batch["x"]), batch["y"]).backward()
+            start = time.perf_counter()
+            opt.step()
+            return time.perf_counter() - start
+
+        return step
+
+    whole, alone = interleaved(
+        {name: stepper(net, opt) for name, (net, opt) in runs.items()},
+        rounds=args.rounds,
+        steps=ROUND,
+        before_step=new_batch,
+    )
 
     print(f"{'':32s} {'whole step':>10s} {'overhead':>9s} {'opt.step() alone':>17s}")
     for name in runs:

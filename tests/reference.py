@@ -51,6 +51,30 @@ def threshold_mask(x: Tensor, s: int) -> Tensor:
     return torch.tensor(masks, dtype=torch.bool).reshape(x.shape)
 
 
+def best_support_with_minimum(
+    values: Sequence[float], s: int, sizes: Sequence[int], minimum: Sequence[int]
+) -> tuple[float, list[tuple[int, ...]]]:
+    """By brute force: the largest sum of squares over the supports S with |S| <= s and at
+    least min(m_t, size_t) indices in every segment t, and every support reaching it."""
+    bounds = [0, *itertools.accumulate(sizes)]
+    best, argbest = -1.0, []
+    for k in range(len(values) + 1):
+        if k > s:
+            break
+        for support in itertools.combinations(range(len(values)), k):
+            counts = [
+                sum(1 for i in support if lo <= i < hi) for lo, hi in itertools.pairwise(bounds)
+            ]
+            if any(c < min(m, n) for c, m, n in zip(counts, minimum, sizes, strict=True)):
+                continue
+            value = sum(values[i] ** 2 for i in support)
+            if value > best + 1e-12:
+                best, argbest = value, [support]
+            elif abs(value - best) <= 1e-12:
+                argbest.append(support)
+    return best, argbest
+
+
 def boundary_tie_row(values: Sequence[float], s: int) -> bool:
     """The s-th and (s+1)-th largest magnitudes are equal and nonzero."""
     if s <= 0 or s >= len(values):

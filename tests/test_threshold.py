@@ -257,3 +257,49 @@ def test_flatten_unflatten_round_trip() -> None:
         unflatten_(flat, [torch.zeros(3)])
     with pytest.raises(ValueError):
         flatten([])
+
+
+# ------------------------------------------------------- the budget with a per-tensor minimum
+@st.composite
+def segmented(draw: st.DrawFn) -> tuple[torch.Tensor, int, list[int], list[int]]:
+    sizes = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    total = sum(sizes)
+    # Few distinct values, so ties are common; dyadic, so sums of squares are exact.
+    values = draw(
+        st.lists(
+            st.sampled_from([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -3.0]), min_size=total, max_size=total
+        )
+    )
+    minimum = [draw(st.integers(0, n + 1)) for n in sizes]
+    floor = sum(min(m, n) for m, n in zip(minimum, sizes, strict=True))
+    s = draw(st.integers(floor, total))
+    return torch.tensor(values, dtype=torch.float64), s, sizes, minimum
+
+
+@given(segmented())
+def test_minimum_per_tensor_projection_is_the_best_point_of_the_set(
+    case: tuple[torch.Tensor, int, list[int], list[int]],
+) -> None:
+    x, s, sizes, minimum = case
+    keep = iht.threshold.top_s_mask_with_minimum(x, s, sizes, minimum)
+    assert int(keep.sum()) == s  # exactly s kept (some may be zeros), like H_s
+    counts = [int(part.sum()) for part in keep.split(sizes)]
+    assert all(c >= min(m, n) for c, m, n in zip(counts, minimum, sizes, strict=True))
+    best, _ = reference.best_support_with_minimum(x.tolist(), s, sizes, minimum)
+    assert float((x[keep] ** 2).sum()) == best  # no point of the set is closer to x
+    # Idempotent: projecting the projection keeps it.
+    point = torch.where(keep, x, 0.0)
+    again = iht.threshold.top_s_mask_with_minimum(point, s, sizes, minimum)
+    assert torch.equal(torch.where(again, point, 0.0), point)
+
+
+def test_minimum_per_tensor_examples_and_ties() -> None:
+    x = torch.tensor([9.0, 8.0, 7.0, 0.1, 0.2])
+    plain = iht.threshold_mask(x, 3)
+    assert plain.tolist() == [True, True, True, False, False]  # the second tensor dies
+    keep = iht.threshold.top_s_mask_with_minimum(x, 3, [3, 2], [0, 1])
+    assert keep.tolist() == [True, True, False, False, True]  # it keeps its largest
+    tied = iht.threshold.top_s_mask_with_minimum(torch.ones(6), 3, [3, 3], [1, 1])
+    assert tied.tolist() == [True, True, False, True, False, False]  # smaller indices win
+    with pytest.raises(iht.errors.InvalidValueError, match="cannot keep the minimums"):
+        iht.threshold.top_s_mask_with_minimum(x, 1, [3, 2], [1, 1])

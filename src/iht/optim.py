@@ -28,12 +28,20 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .errors import InvalidTypeError, InvalidValueError, NonFiniteError
-from .threshold import check_sparsity, flatten, hard_threshold, split_like, top_s_mask
+from .threshold import (
+    check_sparsity,
+    flatten,
+    hard_threshold,
+    split_like,
+    top_s_mask,
+    top_s_mask_with_minimum,
+)
 
 __all__ = [
     "COMPILED_MIN_SIZE",
     "IHT",
     "KERNELS",
+    "ParamPool",
     "PoolState",
     "StepPool",
     "check_lr",
@@ -156,6 +164,8 @@ class StepPool:
         lrs: the step size of each tensor.
         sparsity: the budget s of the pool, or None for a dense (GD) pool.
         state: the pool's :class:`PoolState`, updated in place.
+        minimum: the least nonzeros each tensor keeps (None: no minimum); the projection is
+            then :func:`~iht.threshold.top_s_mask_with_minimum`, exact, on the torch path.
     """
 
     params: list[Tensor]
@@ -163,6 +173,7 @@ class StepPool:
     lrs: list[float]
     sparsity: int | None
     state: PoolState
+    minimum: list[int] | None = None
 
 
 def iht_step(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str = "auto") -> None:
@@ -200,7 +211,14 @@ def project_(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str
     """
     iht_step(
         [
-            StepPool(p.params, [None] * len(p.params), [0.0] * len(p.params), p.sparsity, p.state)
+            StepPool(
+                p.params,
+                [None] * len(p.params),
+                [0.0] * len(p.params),
+                p.sparsity,
+                p.state,
+                p.minimum,
+            )
             for p in pools
         ],
         threshold_every=threshold_every,
@@ -212,7 +230,7 @@ def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
     """Check one pool's update (read only) and return the function that writes it."""
     params, grads, lrs, budget, state = pool.params, pool.grads, pool.lrs, pool.sparsity, pool.state
     size = sum(p.numel() for p in params)
-    if budget is None or not 0 < budget < size or kernel == "torch":
+    if budget is None or not 0 < budget < size or kernel == "torch" or pool.minimum:
         return _plan_torch(pool, every)
     if kernel == "auto" and size < COMPILED_MIN_SIZE:
         return _plan_torch(pool, every)
@@ -278,7 +296,12 @@ def _plan_torch(pool: StepPool, every: int) -> Callable[[], None]:
             size = sum(p.numel() for p in params)
             if _reselects(state, every, size, budget):
                 # params now hold theta - lr * grad (theta where there is no gradient)
-                state.mask = top_s_mask(flatten(p.detach() for p in params), budget)
+                flat = flatten(p.detach() for p in params)
+                if pool.minimum:
+                    sizes = [p.numel() for p in params]
+                    state.mask = top_s_mask_with_minimum(flat, budget, sizes, pool.minimum)
+                else:
+                    state.mask = top_s_mask(flat, budget)
                 state.threshold = None  # a compiled step's warm start no longer applies
                 state.sparsity = budget
             for p, dropped in zip(params, split_like(state.dropped(), params), strict=True):
@@ -321,28 +344,63 @@ def _raise_nonfinite(
     raise NonFiniteError("the update theta - lr * grad is not finite; parameters left unchanged")
 
 
+@dataclass(frozen=True)
+class ParamPool:
+    """A budget pool of an optimizer's param groups (see :func:`param_pools`)."""
+
+    key: str
+    params: list[Tensor]
+    lrs: list[float]
+    sparsity: int | None
+    minimum: list[int] | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
 def param_pools(
     param_groups: Sequence[dict[str, Any]], global_sparsity: int | None
-) -> list[tuple[str, list[Tensor], list[float], int | None]]:
-    """(key, tensors, step sizes, budget) of every budget pool of an optimizer's groups.
+) -> list[ParamPool]:
+    """Every budget pool of an optimizer's param groups.
 
     A group with its own ``"sparsity"`` is a pool of its own (key ``"group<i>"``); all the
-    others share one pool with ``global_sparsity`` (key ``"global"``, last). Frozen tensors
-    (no grad required, none given) are in no pool.
+    others share one pool with ``global_sparsity`` (key ``"global"``, last). A group's
+    ``"min_nonzeros"`` is the least nonzeros each of its tensors keeps. Frozen tensors (no grad
+    required, none given) are in no pool.
     """
-    pools: list[tuple[str, list[Tensor], list[float], int | None]] = []
+    pools: list[ParamPool] = []
     shared: list[Tensor] = []
     shared_lrs: list[float] = []
+    shared_min: list[int] = []
     for i, group in enumerate(param_groups):
         params = [p for p in group["params"] if _in_pool(p)]
         lrs = [float(group.get("lr", 0.0))] * len(params)
+        minimum = [int(group.get("min_nonzeros") or 0)] * len(params)
         if group.get("sparsity") is not None:
-            pools.append((f"group{i}", params, lrs, int(group["sparsity"])))
+            pools.append(
+                ParamPool(
+                    f"group{i}",
+                    params,
+                    lrs,
+                    int(group["sparsity"]),
+                    minimum if any(minimum) else None,
+                )
+            )
         else:
             shared += params
             shared_lrs += lrs
+            shared_min += minimum
     if shared:
-        pools.append((_GLOBAL, shared, shared_lrs, global_sparsity))
+        pools.append(
+            ParamPool(
+                _GLOBAL,
+                shared,
+                shared_lrs,
+                global_sparsity,
+                shared_min if any(shared_min) else None,
+            )
+        )
     return pools
 
 
@@ -472,7 +530,7 @@ class IHT(Optimizer):
             if _in_pool(p)
         )
 
-    def _pools(self) -> list[tuple[str, list[Tensor], list[float], int | None]]:
+    def _pools(self) -> list[ParamPool]:
         return param_pools(self.param_groups, self.param_groups[0]["global_sparsity"])
 
     @torch.no_grad()
@@ -489,11 +547,13 @@ class IHT(Optimizer):
         # (as it restores lr), while defaults keep the value this instance was built with.
         first = self.param_groups[0] if self.param_groups else self.defaults
         pools = []
-        for key, params, lrs, budget in self._pools():
-            grads = [p.grad for p in params]
+        for pool in self._pools():
+            grads = [p.grad for p in pool.params]
             if any(g is not None for g in grads):  # a pool without any gradient is not stepped
-                state = self.pool_states.setdefault(key, PoolState())
-                pools.append(StepPool(params, grads, lrs, budget, state))
+                state = self.pool_states.setdefault(pool.key, PoolState())
+                pools.append(
+                    StepPool(pool.params, grads, pool.lrs, pool.sparsity, state, pool.minimum)
+                )
         iht_step(
             pools,
             threshold_every=int(first["threshold_every"]),

@@ -9,7 +9,7 @@ returns one value deterministically: among equal magnitudes **the smaller index 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import SupportsIndex, cast
 
 import torch
@@ -28,6 +28,7 @@ __all__ = [
     "split_like",
     "threshold_mask",
     "top_s_mask",
+    "top_s_mask_with_minimum",
     "unflatten_",
 ]
 
@@ -137,6 +138,53 @@ def top_s_mask(x: Tensor, s: int) -> Tensor:
     # Rank of each tied entry among the ties of its row, in index order: 1, 2, ...
     rank_at = torch.cumsum(at.to(torch.int32), dim=-1)
     return above | (at & (rank_at <= s - n_above))
+
+
+def top_s_mask_with_minimum(
+    x: Tensor, s: int, sizes: Sequence[int], minimum: Sequence[int]
+) -> Tensor:
+    r"""The kept set of the best s-sparse point that keeps at least ``minimum[t]`` entries of
+    every segment t of a flat vector (segments of ``sizes`` entries, in order).
+
+    The set is :math:`\{z : \|z\|_0 \le s,\ \|z_t\|_0 \ge m_t\}` (a support S with
+    :math:`|S| \le s` and :math:`|S \cap T_t| \ge m_t`); the closest point keeps x on the S that
+    maximises :math:`\sum_{i \in S} x_i^2`. It is found exactly by: the top :math:`m_t` of each
+    segment, then the top :math:`s - \sum_t m_t` of everything left. Exact because the best
+    value of a segment as a function of how many entries it keeps, the sum of its k largest
+    squares, is concave in k: taking the largest remaining square first is optimal (the
+    greedy rule for a separable concave allocation). Ties go to the smaller flat index.
+
+    Args:
+        x: flat vector (no NaN).
+        s: the budget, at least ``sum(minimum)``.
+        sizes: the segments' sizes (a parameter tensor each), summing to ``len(x)``.
+        minimum: the least nonzeros to keep in each segment (capped at its size).
+
+    Raises:
+        InvalidValueError: the sizes do not tile x, or s < sum of the (capped) minimums.
+    """
+    if x.dim() != 1 or sum(sizes) != x.numel() or len(sizes) != len(minimum):
+        raise InvalidValueError(
+            f"segments of sizes {list(sizes)} (and one minimum each) must tile a flat vector "
+            f"of {x.numel()} entries"
+        )
+    floors = [min(int(m), n) for m, n in zip(minimum, sizes, strict=True)]
+    if any(m < 0 for m in floors) or sum(floors) > s:
+        raise InvalidValueError(
+            f"the budget s = {s} cannot keep the minimums {floors} of every tensor "
+            f"(they need {sum(floors)})"
+        )
+    forced = torch.cat(
+        [top_s_mask(part, m) for part, m in zip(x.split(list(sizes)), floors, strict=True)]
+    )
+    rest = s - sum(floors)
+    if rest <= 0:
+        return forced
+    # The others compete for what is left (in index order, so the tie rule carries over).
+    others = (~forced).nonzero().squeeze(1)
+    keep = forced.clone()
+    keep[others[top_s_mask(x[others], rest)]] = True
+    return keep
 
 
 def _count_last(mask: Tensor) -> Tensor:
@@ -265,7 +313,9 @@ def split_like(flat: Tensor, tensors: Iterable[Tensor]) -> list[Tensor]:
     shapes = [t.shape for t in tensors]
     sizes = [shape.numel() for shape in shapes]
     if sum(sizes) != flat.numel():
-        raise InvalidValueError(f"flat vector has {flat.numel()} entries, tensors take {sum(sizes)}")
+        raise InvalidValueError(
+            f"flat vector has {flat.numel()} entries, tensors take {sum(sizes)}"
+        )
     return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
 
 

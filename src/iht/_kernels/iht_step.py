@@ -73,6 +73,7 @@ __all__ = [
     "plan_step",
     "threshold_flat_",
     "write_step_",
+    "zero_off_mask_",
 ]
 
 #: Entries per block of the read pass; only blocks holding bracket entries are re-read.
@@ -331,6 +332,14 @@ def _masked_write(theta, grad, lr, zero, keep):  # type: ignore[no-untyped-def]
     for i in prange(theta.shape[0]):
         x = _update(theta, grad, lr, i)
         theta[i] = x if keep[i] else zero
+
+
+@njit(parallel=True, cache=True)
+def _zero_off(keep, arr):  # type: ignore[no-untyped-def]
+    """arr_i <- arr_i where keep_i, else 0 (a select: an inf or NaN off the mask becomes 0 too)."""
+    zero = arr.dtype.type(0)
+    for i in prange(arr.shape[0]):
+        arr[i] = arr[i] if keep[i] else zero
 
 
 def _torch_threads(fn: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -686,6 +695,20 @@ def masked_step_(
     for (theta, grad, lr), kept in zip(operands, pieces, strict=True):
         _masked_write(theta, grad, lr, zero, kept)
     _mark_written(params)
+
+
+@_torch_threads
+def zero_off_mask_(tensors: Sequence[tuple[int, Tensor]], keep: Tensor) -> None:
+    """Zero each tensor outside its slice of a pool's flat mask ``keep``, in place.
+
+    ``tensors`` are (offset in the pool, tensor) pairs: a parameter's state tensor (a
+    momentum buffer, Adam's moments) takes the mask of its parameter, which starts at that
+    offset. Each must be a contiguous CPU float32/float64 tensor (see :func:`eligible`).
+    """
+    keep_np = keep.numpy()
+    for offset, tensor in tensors:
+        _zero_off(keep_np[offset : offset + tensor.numel()], _flat(tensor))
+    _mark_written([t for _, t in tensors])
 
 
 def _starts(operands: _Operands) -> NDArray[np.int64]:
