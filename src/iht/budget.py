@@ -19,7 +19,7 @@ percentage, rounded the same way everywhere) or, for several, :func:`parse_spars
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,8 +29,11 @@ from torch import nn
 from .errors import InvalidValueError
 from .init import sparse_init_
 from .optim import IHT
+from .sparse_optimizer import SparseOptimizer
 
 __all__ = [
+    "ALLOCATIONS",
+    "BUDGETED",
     "Budget",
     "Pool",
     "apportion",
@@ -39,9 +42,11 @@ __all__ = [
     "check_sparsity_list_form",
     "is_bias",
     "layers_of",
+    "make_budget",
     "parse_sparsity",
     "parse_sparsity_list",
     "plan_budget",
+    "weight_names",
 ]
 
 
@@ -120,7 +125,9 @@ def check_sparsity_form(value: str | int | float) -> None:
 def _read_sparsity(value: object) -> tuple[int, float | None, str, bool]:
     """(count, None, text, False) for a count; (0, fraction, text, is_percentage) otherwise."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidValueError(f"sparsity must be a count, a fraction or a percentage, got {value!r}")
+        raise InvalidValueError(
+            f"sparsity must be a count, a fraction or a percentage, got {value!r}"
+        )
     if isinstance(value, int):
         return value, None, str(value), False
     if isinstance(value, float):
@@ -248,16 +255,29 @@ class Pool:
     size: int
     sparsity: int
     dense: bool = False
+    min_per_tensor: int = 0
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How a budget of s nonzeros is shared among a model's parameters."""
+    """How a budget of s nonzeros is shared among a model's parameters.
 
-    mode: str  # "global" or "per_layer"
-    sparsity: int  # s, the total budget (dense pools not counted)
+    Attributes:
+        mode: ``"global"`` (one pool) or ``"per_layer"`` (a pool per layer).
+        sparsity: s, the total budget (dense pools not counted).
+        exclude_biases: biases are dense, outside the budget.
+        pools: the pools in parameter order; dense ones have ``sparsity == size``.
+        allocation: how s was shared among layers: ``global``, ``uniform``, ``proportional``
+            or ``erk`` (see :func:`plan_budget`).
+        covers: which parameters are under the budget: ``all`` or ``weights``.
+    """
+
+    mode: str
+    sparsity: int
     exclude_biases: bool
     pools: tuple[Pool, ...]
+    allocation: str = "global"
+    covers: str = "all"
 
     @property
     def budgeted(self) -> int:
@@ -275,31 +295,63 @@ class Budget:
     def param_groups(self, model: nn.Module) -> tuple[list[dict[str, Any]], int | None]:
         """IHT param groups and the optimizer's global sparsity for this budget."""
         named = dict(model.named_parameters())
-        if self.mode == "global":
-            groups: list[dict[str, Any]] = []
-            for pool in self.pools:
-                group: dict[str, Any] = {"params": [named[n] for n in pool.params]}
-                if pool.dense:
-                    group["sparsity"] = pool.size
-                groups.append(group)
-            return groups, self.sparsity
-        return [
-            {"params": [named[n] for n in pool.params], "sparsity": pool.sparsity}
-            for pool in self.pools
-        ], None
+        groups: list[dict[str, Any]] = []
+        for pool in self.pools:
+            group: dict[str, Any] = {"params": [named[n] for n in pool.params]}
+            if pool.dense or self.mode != "global":
+                group["sparsity"] = pool.sparsity
+            if pool.min_per_tensor:
+                group["min_nonzeros"] = pool.min_per_tensor
+            groups.append(group)
+        return groups, (self.sparsity if self.mode == "global" else None)
 
     def optimizer(self, model: nn.Module, *, lr: float) -> IHT:
         """An :class:`iht.IHT` enforcing this budget."""
         groups, sparsity = self.param_groups(model)
         return IHT(groups, lr=lr, sparsity=sparsity)
 
+    def wrap(
+        self,
+        model: nn.Module,
+        make: Callable[[list[dict[str, Any]]], torch.optim.Optimizer],
+        **options: Any,
+    ) -> SparseOptimizer:
+        """A :class:`iht.SparseOptimizer` enforcing this budget over a base optimizer.
+
+        Args:
+            model: the model the budget was planned for.
+            make: builds the base optimizer from param groups, e.g.
+                ``lambda groups: torch.optim.AdamW(groups, lr=1e-2)``.
+            options: for :class:`iht.SparseOptimizer` (``schedule``, ``threshold_every``, ...).
+        """
+        groups, sparsity = self.param_groups(model)
+        return SparseOptimizer(make(groups), sparsity=sparsity, **options)
+
     @torch.no_grad()
     def sparse_init_(self, model: nn.Module, *, generator: torch.Generator | None) -> None:
-        """Keep a uniformly random support of each pool's budget (dense pools untouched)."""
+        """Keep a uniformly random support of each pool's budget; nothing outside the budget is
+        touched (dense pools, frozen parameters). With a minimum per tensor, each tensor first
+        keeps that many random entries, then the rest of the budget is drawn over all of them."""
         named = dict(model.named_parameters())
         for pool in self.pools:
-            if not pool.dense:
-                sparse_init_([named[n] for n in pool.params], pool.sparsity, generator=generator)
+            if pool.dense:
+                continue
+            tensors = [named[n] for n in pool.params]
+            if not pool.min_per_tensor:
+                sparse_init_(tensors, pool.sparsity, generator=generator)
+                continue
+            forced = []
+            for tensor in tensors:
+                m = min(pool.min_per_tensor, tensor.numel())
+                forced.append(torch.randperm(tensor.numel(), generator=generator) < m)
+            flat_forced = torch.cat(forced)
+            rest = torch.nonzero(~flat_forced).squeeze(1)
+            extra = pool.sparsity - int(flat_forced.sum())
+            chosen = rest[torch.randperm(rest.numel(), generator=generator)[: max(0, extra)]]
+            keep = flat_forced.clone()
+            keep[chosen] = True
+            for tensor, kept in zip(tensors, keep.split([t.numel() for t in tensors]), strict=True):
+                tensor.mul_(kept.view(tensor.shape).to(tensor.dtype))
 
     def nonzeros(self, model: nn.Module) -> dict[str, int]:
         """Nonzeros of every pool, by pool name."""
@@ -309,53 +361,197 @@ class Budget:
         }
 
 
+#: How a budget is shared among layers (see :func:`plan_budget`).
+ALLOCATIONS = ("global", "uniform", "proportional", "erk")
+#: Which parameters are under the budget.
+BUDGETED = ("all", "weights")
+_WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def weight_names(model: nn.Module) -> set[str]:
+    """The weights of the model's Linear and Conv layers (what ``budgeted="weights"`` takes)."""
+    return {
+        f"{module_name}.weight" if module_name else "weight"
+        for module_name, module in model.named_modules()
+        if isinstance(module, _WEIGHTED) and getattr(module, "weight", None) is not None
+    }
+
+
 def plan_budget(
-    model: nn.Module, sparsity: int, *, per_layer: bool = False, exclude_biases: bool = False
+    model: nn.Module,
+    sparsity: int,
+    *,
+    per_layer: bool = False,
+    exclude_biases: bool = False,
+    allocation: str | None = None,
+    budgeted: str = "all",
+    min_per_tensor: int = 0,
 ) -> Budget:
     """Share a budget of ``sparsity`` nonzeros among the model's parameters.
 
     Args:
         model: the model; its layers are :func:`layers_of`.
-        sparsity: s, an integer in 1..:func:`budgeted_size` (see :func:`parse_sparsity`).
-        per_layer: give every layer its own budget proportional to its budgeted size
-            (:func:`apportion`, summing to s); otherwise one global budget.
+        sparsity: s, an integer in 1..the budgeted size (see :func:`parse_sparsity`).
+        per_layer: the same as ``allocation="proportional"``.
         exclude_biases: keep biases dense and outside the budget.
+        allocation: ``"global"`` (one budget over every budgeted parameter, the paper's),
+            or a budget per layer: ``"proportional"`` (shares proportional to the layer's
+            size: every layer the same density), ``"uniform"`` (the same number of nonzeros
+            in every layer, capped at its size) or ``"erk"`` (Erdos-Renyi-Kernel, as RigL:
+            density proportional to (sum of the weight's dimensions) / (their product),
+            layers that would exceed density 1 dense); shares sum to s exactly.
+        budgeted: ``"all"`` (every trainable parameter, biases counted, as the paper) or
+            ``"weights"`` (the weights of Linear and Conv layers; biases, norm layers,
+            embeddings and every other parameter dense, in a pool of their own).
+        min_per_tensor: every budgeted tensor keeps at least this many nonzeros (its
+            projection stays exact, :func:`iht.threshold.top_s_mask_with_minimum`).
 
     Returns:
-        A :class:`Budget`: the pools in parameter order, biases last in their dense pool.
+        A :class:`Budget`: the pools in parameter order, the dense pool last.
 
     Raises:
-        ValueError: ``sparsity`` outside 1..budgeted size, or nothing to budget.
+        InvalidValueError: ``sparsity`` outside 1..budgeted size, nothing to budget, an
+            unknown allocation or ``budgeted``, or minimums that do not fit in s.
     """
+    chosen = allocation if allocation is not None else ("proportional" if per_layer else "global")
+    if chosen not in ALLOCATIONS:
+        raise InvalidValueError(
+            f"allocation must be one of {', '.join(ALLOCATIONS)}, got {chosen!r}"
+        )
+    if budgeted not in BUDGETED:
+        raise InvalidValueError(f"budgeted must be one of {', '.join(BUDGETED)}, got {budgeted!r}")
+    if (
+        isinstance(min_per_tensor, bool)
+        or not isinstance(min_per_tensor, int)
+        or min_per_tensor < 0
+    ):
+        raise InvalidValueError(f"min_per_tensor must be an integer >= 0, got {min_per_tensor!r}")
+    weights = weight_names(model)
+
+    def under_budget(name: str) -> bool:
+        if budgeted == "weights":
+            return name in weights
+        return not (exclude_biases and is_bias(name))
+
     layers = layers_of(model)
-    budgeted = [
-        (layer, [(n, p) for n, p in params if not (exclude_biases and is_bias(n))])
-        for layer, params in layers
+    chosen_params = [
+        (layer, [(n, p) for n, p in params if under_budget(n)]) for layer, params in layers
     ]
-    budgeted = [(layer, params) for layer, params in budgeted if params]
-    total = sum(p.numel() for _, params in budgeted for _, p in params)
+    chosen_params = [(layer, params) for layer, params in chosen_params if params]
+    total = sum(p.numel() for _, params in chosen_params for _, p in params)
     if total == 0:
         raise InvalidValueError(f"{type(model).__name__} has no parameters to put under a budget")
     if isinstance(sparsity, bool) or not isinstance(sparsity, int) or not 1 <= sparsity <= total:
         raise InvalidValueError(f"sparsity must be an integer in 1..{total}, got {sparsity!r}")
+    floors = sum(min(min_per_tensor, p.numel()) for _, params in chosen_params for _, p in params)
+    if floors > sparsity:
+        raise InvalidValueError(
+            f"a minimum of {min_per_tensor} nonzeros per tensor needs {floors}, more than "
+            f"the budget s = {sparsity}"
+        )
     pools: list[Pool] = []
-    if per_layer:
-        sizes = [sum(p.numel() for _, p in params) for _, params in budgeted]
-        for (layer, params), size, share in zip(
-            budgeted, sizes, apportion(sparsity, sizes), strict=True
-        ):
-            pools.append(Pool(layer, tuple(n for n, _ in params), size, share))
+    if chosen == "global":
+        names = tuple(n for _, params in chosen_params for n, _ in params)
+        name = "all" if budgeted == "all" and not exclude_biases else "weights"
+        pools.append(Pool(name, names, total, sparsity, min_per_tensor=min_per_tensor))
     else:
-        names = tuple(n for _, params in budgeted for n, _ in params)
-        pools.append(Pool("all" if not exclude_biases else "weights", names, total, sparsity))
-    if exclude_biases:
-        biases = [(n, p) for _, params in layers for n, p in params if is_bias(n)]
-        if biases:
-            size = sum(p.numel() for _, p in biases)
-            pools.append(Pool("biases", tuple(n for n, _ in biases), size, size, dense=True))
+        sizes = [sum(p.numel() for _, p in params) for _, params in chosen_params]
+        shares = _layer_shares(chosen, sparsity, sizes, [params for _, params in chosen_params])
+        for (layer, params), size, share in zip(chosen_params, sizes, shares, strict=True):
+            floor = sum(min(min_per_tensor, p.numel()) for _, p in params)
+            pools.append(
+                Pool(
+                    layer,
+                    tuple(n for n, _ in params),
+                    size,
+                    max(share, floor),
+                    min_per_tensor=min_per_tensor,
+                )
+            )
+    dense = [(n, p) for _, params in layers for n, p in params if not under_budget(n)]
+    if dense:
+        size = sum(p.numel() for _, p in dense)
+        name = "biases" if budgeted == "all" else "dense"
+        pools.append(Pool(name, tuple(n for n, _ in dense), size, size, dense=True))
     return Budget(
-        mode="per_layer" if per_layer else "global",
+        mode="global" if chosen == "global" else "per_layer",
         sparsity=sparsity,
-        exclude_biases=exclude_biases,
+        exclude_biases=exclude_biases or budgeted == "weights",
         pools=tuple(pools),
+        allocation=chosen,
+        covers=budgeted,
     )
+
+
+def make_budget(
+    model: nn.Module,
+    sparsity: str | int | float,
+    *,
+    allocation: str = "global",
+    budgeted: str = "weights",
+    min_per_tensor: int = 0,
+) -> Budget:
+    """The usual budget for a deep network, in one call: :func:`plan_budget` with the weights
+    of Linear and Conv layers under the budget and every other parameter dense.
+
+    ``sparsity`` is a count, a fraction or a percentage of the budgeted weights
+    (:func:`parse_sparsity`). Example: ``make_budget(model, "10%").wrap(model, make_adamw)``.
+    """
+    total = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n in weight_names(model) and p.requires_grad
+    )
+    if budgeted == "all":
+        total = budgeted_size(model)
+    return plan_budget(
+        model,
+        parse_sparsity(sparsity, max(total, 1)),
+        allocation=allocation,
+        budgeted=budgeted,
+        min_per_tensor=min_per_tensor,
+    )
+
+
+def _layer_shares(
+    allocation: str, total: int, sizes: list[int], params: list[list[tuple[str, nn.Parameter]]]
+) -> list[int]:
+    """Integer shares of ``total`` among layers, summing to it, each within 0..size."""
+    if allocation == "proportional":
+        return apportion(total, sizes)
+    if allocation == "uniform":
+        return _water_fill(total, sizes, [1.0] * len(sizes))
+    # ERK: density of layer l proportional to sum(dims) / prod(dims) of its weight (RigL).
+    raw = []
+    for group in params:
+        weight = max((p for _, p in group), key=lambda p: p.dim())
+        raw.append(sum(weight.shape) / max(1, weight.numel()))
+    return _water_fill(total, sizes, [r * n for r, n in zip(raw, sizes, strict=True)])
+
+
+def _water_fill(total: int, sizes: list[int], weights: list[float]) -> list[int]:
+    """Shares proportional to ``weights``, capped at each size, the excess given to the rest
+    (iteratively), rounded by largest remainders so that they sum to ``total``."""
+    capped = [False] * len(sizes)
+    while True:
+        free = total - sum(n for n, c in zip(sizes, capped, strict=True) if c)
+        mass = sum(w for w, c in zip(weights, capped, strict=True) if not c)
+        ideal = [
+            float(n) if c else (free * w / mass if mass > 0 else 0.0)
+            for n, w, c in zip(sizes, weights, capped, strict=True)
+        ]
+        over = [
+            i for i, (x, n) in enumerate(zip(ideal, sizes, strict=True)) if not capped[i] and x > n
+        ]
+        if not over:
+            break
+        for i in over:
+            capped[i] = True
+    shares = [min(n, math.floor(x)) for x, n in zip(ideal, sizes, strict=True)]
+    order = sorted(range(len(sizes)), key=lambda i: (-(ideal[i] - math.floor(ideal[i])), i))
+    for i in order:
+        if sum(shares) >= total:
+            break
+        if shares[i] < sizes[i]:
+            shares[i] += 1
+    return shares
