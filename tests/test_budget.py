@@ -193,7 +193,7 @@ def test_erk_gives_small_layers_higher_density() -> None:
         if not p.dense
     }
     proportional = {
-        p.name: p.sparsity / p.size
+        p.name: (p.sparsity, p.size)
         for p in plan_budget(model, 400, allocation="proportional", budgeted="weights").pools
         if not p.dense
     }
