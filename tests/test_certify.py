@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import hypothesis.strategies as st
@@ -12,7 +14,7 @@ from hypothesis import given
 from torch import Tensor, nn
 
 import iht
-from iht.certify import DEFAULT_GRAD_TOL, stability_figures
+from iht.certify import DEFAULT_GRAD_TOL, degeneracy, instability_reasons, stability_figures
 
 F64 = torch.float64
 FIELDS = [
@@ -328,3 +330,85 @@ def test_certify_model_matches_certify_point_with_epsilon() -> None:
     assert dense_cert.stable is True and dense_cert.nonzeros == 40
     # And it is not an s-sparse fixed point.
     assert iht.certify(dense_model, loss_fn, lr=lr, sparsity=5).stable is False
+
+
+# -- certificates that cannot be fooled -----------------------------------------------------
+def _dead_mlp() -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    """The newcomer's 10-16-3 MLP whose global budget went to the first layer: every weight
+    of the last layer is 0 (and here every hidden unit is off), so the network outputs its
+    last bias whatever the input, and IHT has nowhere to go: a fixed point of its map."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3)).to(torch.float64)
+    X = torch.randn(50, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(50) % 3
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[0].bias.fill_(-100.0)  # dead ReLUs: no gradient reaches either layer's weights
+        model[0].weight.mul_((model[0].weight.abs() > 0.25).to(torch.float64))
+    s = sum(int(p.count_nonzero()) for p in model.parameters()) + 3
+    opt = iht.IHT(model.parameters(), lr=0.5, sparsity=s)
+    for _ in range(400):  # the last bias to its optimum
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    return model, X, y
+
+
+def test_a_dead_network_is_never_certified_stable() -> None:
+    model, X, y = _dead_mlp()
+    assert int(model[2].weight.count_nonzero()) == 0
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(X), y)
+
+    s = sum(int(p.count_nonzero()) for p in model.parameters())
+    cert = iht.certify(model, loss_fn, lr=0.5, sparsity=s, inputs=X)
+    assert not cert.stable
+    assert any("layer 2 (Linear) has no nonzero weight" in r for r in cert.degenerate)
+    assert any("does not depend on the input" in r for r in cert.degenerate)
+    assert cert.tensor_nonzeros["2.weight"] == 0 and cert.tensor_nonzeros["0.weight"] > 0
+    # The figures alone pass: the point is a fixed point of the IHT map.
+    assert cert.off_support_ratio < 1 and not cert.tie and cert.max_grad_on_support < 1e-3
+    reasons = instability_reasons(dataclasses.asdict(cert))
+    assert reasons[0].startswith("layer 2 (Linear) has no nonzero weight")
+
+
+def test_a_constant_output_is_caught_without_a_sequential() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) * 0.0 + self.b(x * 0.0)
+
+    model = Branchy()
+    X = torch.randn(20, 4)
+    assert degeneracy(model) == ()  # no Sequential to read layers from
+    assert "does not depend on the input" in degeneracy(model, X)[0]
+
+
+def test_certify_evaluates_in_eval_mode_and_leaves_the_model_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    model.train()
+    X, y = torch.randn(30, 4), torch.arange(30) % 3
+    before = copy.deepcopy(model.state_dict())
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(X), y)
+
+    first = iht.certify(model, loss_fn, lr=0.1, sparsity=40)
+    second = iht.certify(model, loss_fn, lr=0.1, sparsity=40)
+    assert first == second  # dropout off, batch norm on its running statistics: reproducible
+    assert model.training and model[1].training and model[2].training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running stats untouched
+
+
+def test_certify_refuses_a_step_that_is_not_positive() -> None:
+    model = nn.Linear(3, 2)
+    X, y = torch.randn(5, 3), torch.arange(5) % 2
+    for lr in (0.0, -1.0, float("nan")):
+        with pytest.raises(iht.errors.InvalidValueError, match="lr must be a positive"):
+            iht.certify(model, lambda m: nn.functional.cross_entropy(m(X), y), lr=lr, sparsity=3)

@@ -582,3 +582,21 @@ def test_mixed_devices_are_refused() -> None:
         iht.IHT([cpu, meta], lr=0.1, sparsity=2)
     with pytest.raises(ValueError, match="one device"):
         iht.IHT([{"params": [cpu]}, {"params": [meta], "sparsity": 1}], lr=0.1)
+
+
+def test_lr_may_be_a_one_element_tensor_as_in_torch() -> None:
+    model = nn.Linear(3, 2).to(F64)
+    opt = iht.IHT(model.parameters(), lr=torch.tensor(0.25), sparsity=3)  # type: ignore[arg-type]
+    assert opt.param_groups[0]["lr"] == 0.25
+    with pytest.raises(TypeError, match="lr must be a positive finite number"):
+        iht.IHT(model.parameters(), lr=torch.tensor([0.1, 0.2]), sparsity=3)  # type: ignore[arg-type]
+
+
+def test_a_sparse_gradient_gets_a_clear_error_and_changes_nothing() -> None:
+    emb = nn.Embedding(10, 4, sparse=True).to(F64)
+    opt = iht.IHT(emb.parameters(), lr=0.1, sparsity=8)
+    before = emb.weight.detach().clone()
+    emb(torch.tensor([1, 2, 3])).sum().backward()
+    with pytest.raises(ValueError, match="sparse_coo gradient; IHT needs dense gradients"):
+        opt.step()
+    assert torch.equal(emb.weight, before)

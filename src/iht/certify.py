@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .budget import Budget
 from .errors import InvalidValueError
+from .evaluation import evaluating
 from .threshold import boundary_tie, check_sparsity, flatten, top_s_mask
 
 __all__ = [
@@ -61,6 +62,10 @@ class Certificate:
         loss, dense_loss, epsilon: f(theta), the dense reference f(theta_dense) and
             epsilon = loss - dense_loss when given.
         epsilon_optimal: epsilon <= epsilon_tol when both were given.
+        tensor_nonzeros: nonzeros of every parameter by name (:func:`certify` only).
+        degenerate: why the point is degenerate (a weight layer with no nonzeros that cuts
+            every path from the input, an output that does not depend on the input); such a
+            point is never ``stable``.
     """
 
     sparsity: int
@@ -77,6 +82,8 @@ class Certificate:
     dense_loss: float | None = None
     epsilon: float | None = None
     epsilon_optimal: bool | None = None
+    tensor_nonzeros: dict[str, int] = field(default_factory=dict)
+    degenerate: tuple[str, ...] = ()
 
 
 def stability_figures(
@@ -185,8 +192,15 @@ def certify(
     grad_tol: float = DEFAULT_GRAD_TOL,
     dense_loss: float | None = None,
     epsilon_tol: float | None = None,
+    inputs: Tensor | None = None,
 ) -> Certificate:
     """Certify a model's current parameters: HT-stability and, given a dense loss, epsilon.
+
+    The test is the paper's fixed point theta = H_s(theta - lr grad f(theta)) with the lr
+    given, whatever optimizer trained the model (with momentum or Adam it is still this map
+    that is tested). The loss is evaluated in eval mode (dropout off, batch norm on its
+    running statistics); the model's modes and buffers are restored afterwards. A degenerate
+    point (see :func:`degeneracy`) is never stable.
 
     Args:
         model: the trained model; theta is its parameters flattened in order.
@@ -196,19 +210,22 @@ def certify(
         grad_tol: |grad| at or below this counts as zero.
         dense_loss: f(theta_dense) of a dense model trained on the same data.
         epsilon_tol: check f(theta) <= dense_loss + epsilon_tol.
+        inputs: training inputs, to check that the output depends on them.
 
     Example:
         >>> cert = certify(model, loss_fn, lr=opt_lr, sparsity=5, dense_loss=0.04)  # doctest: +SKIP
         >>> cert.stable, cert.epsilon  # doctest: +SKIP
     """
+    check_lr_positive(lr)
     params = [p for p in model.parameters() if p.requires_grad]
-    loss = loss_fn(model)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    with evaluating(model):
+        loss = loss_fn(model)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
     grad = flatten(
         torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
     )
     theta = flatten(p.detach() for p in params)
-    return certify_point(
+    cert = certify_point(
         theta,
         grad,
         lr=lr,
@@ -218,6 +235,57 @@ def certify(
         dense_loss=dense_loss,
         epsilon_tol=epsilon_tol,
     )
+    reasons = degeneracy(model, inputs)
+    return replace(
+        cert,
+        tensor_nonzeros=tensor_nonzeros(model),
+        degenerate=reasons,
+        stable=cert.stable and not reasons,
+    )
+
+
+def check_lr_positive(lr: object) -> None:
+    """Refuse a step that is not a positive finite number (the map has no fixed point then)."""
+    value = float(lr) if isinstance(lr, int | float | Tensor) and not isinstance(lr, bool) else None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise InvalidValueError(f"lr must be a positive finite number, got {lr!r}")
+
+
+def tensor_nonzeros(model: nn.Module) -> dict[str, int]:
+    """Nonzeros of every trainable parameter, by name."""
+    return {n: int(p.count_nonzero()) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def degeneracy(model: nn.Module, inputs: Tensor | None = None) -> tuple[str, ...]:
+    """Why the network is degenerate (empty when it is not).
+
+    - In an ``nn.Sequential``, a Linear or Conv layer whose weight has no nonzeros cuts every
+      path from the input to the output: the network computes a constant.
+    - With ``inputs``: the outputs of all inputs are equal (to 1e-9 of their scale): the
+      network does not depend on its input on that data, whatever its structure.
+
+    Evaluated in eval mode; the model is left as it was.
+    """
+    reasons = []
+    if isinstance(model, nn.Sequential):
+        for i, layer in enumerate(model):
+            weight = getattr(layer, "weight", None)
+            weighted = isinstance(layer, nn.Linear | nn.modules.conv._ConvNd)
+            if weighted and isinstance(weight, Tensor) and int(weight.count_nonzero()) == 0:
+                reasons.append(
+                    f"layer {i} ({type(layer).__name__}) has no nonzero weight: it cuts every "
+                    "path from the input to the output"
+                )
+    if inputs is not None and len(inputs) > 1:
+        with evaluating(model), torch.no_grad():
+            out = model(inputs)
+        spread = float((out - out[:1]).abs().amax())
+        if spread <= 1e-9 * max(float(out.abs().amax()), 1.0):
+            reasons.append(
+                f"the output does not depend on the input: all {len(inputs)} training rows "
+                "give the same output"
+            )
+    return tuple(reasons)
 
 
 def certify_budget(
@@ -228,6 +296,7 @@ def certify_budget(
     budget: Budget,
     grad_tol: float = DEFAULT_GRAD_TOL,
     dense_loss: float | None = None,
+    inputs: Tensor | None = None,
 ) -> dict[str, Any]:
     """HT-stability of the model's point under ``budget`` (and epsilon given a dense loss).
 
@@ -237,7 +306,8 @@ def certify_budget(
     listed under ``"pools"``; the top level combines them: ``stable`` and ``tie`` over all
     pools, the largest ``max_grad_on_support``, ``max_grad_off_support`` and
     ``off_support_ratio``, the residual of the whole vector (root of the sum of squares),
-    ``nonzeros`` and ``sparsity`` summed over the budgeted pools.
+    ``nonzeros`` and ``sparsity`` summed over the budgeted pools, and, as :func:`certify`,
+    ``tensor_nonzeros`` and ``degenerate`` (with ``inputs``, the constant-output check).
     """
     if len(budget.pools) == 1:
         cert = certify(
@@ -247,18 +317,21 @@ def certify_budget(
             sparsity=budget.sparsity,
             grad_tol=grad_tol,
             dense_loss=dense_loss,
+            inputs=inputs,
         )
         return asdict(cert)
+    check_lr_positive(lr)
     named = dict(model.named_parameters())
     params = [named[n] for pool in budget.pools for n in pool.params]
-    loss = loss_fn(model)
-    grads = dict(
-        zip(
-            (n for pool in budget.pools for n in pool.params),
-            torch.autograd.grad(loss, params, allow_unused=True),
-            strict=True,
+    with evaluating(model):
+        loss = loss_fn(model)
+        grads = dict(
+            zip(
+                (n for pool in budget.pools for n in pool.params),
+                torch.autograd.grad(loss, params, allow_unused=True),
+                strict=True,
+            )
         )
-    )
     loss_value = float(loss.detach())
     pools = []
     for pool in budget.pools:
@@ -269,11 +342,19 @@ def certify_budget(
         figures = asdict(
             certify_point(theta, grad, lr=lr, sparsity=pool.sparsity, grad_tol=grad_tol)
         )
-        for key in ("loss", "dense_loss", "epsilon", "epsilon_optimal"):
+        for key in (
+            "loss",
+            "dense_loss",
+            "epsilon",
+            "epsilon_optimal",
+            "tensor_nonzeros",
+            "degenerate",
+        ):
             del figures[key]  # whole-model quantities: given once, at the top level
         pools.append({"name": pool.name, "dense": pool.dense, **figures})
     budgeted = [p for p in pools if not p["dense"]]
     epsilon = None if dense_loss is None else loss_value - dense_loss
+    reasons = degeneracy(model, inputs)
     return {
         "sparsity": budget.sparsity,
         "lr": float(lr),
@@ -283,12 +364,14 @@ def certify_budget(
         "off_support_ratio": max(float(p["off_support_ratio"]) for p in pools),
         "residual": math.sqrt(sum(float(p["residual"]) ** 2 for p in pools)),
         "tie": any(bool(p["tie"]) for p in pools),
-        "stable": all(bool(p["stable"]) for p in pools),
+        "stable": all(bool(p["stable"]) for p in pools) and not reasons,
         "grad_tol": grad_tol,
         "loss": loss_value,
         "dense_loss": dense_loss,
         "epsilon": epsilon,
         "epsilon_optimal": None,
+        "tensor_nonzeros": tensor_nonzeros(model),
+        "degenerate": list(reasons),
         "pools": pools,
     }
 
@@ -302,7 +385,7 @@ def instability_reasons(certificate: Mapping[str, Any]) -> list[str]:
     """
     if certificate["stable"]:
         return []
-    reasons = []
+    reasons = list(certificate.get("degenerate") or ())
     tol = certificate["grad_tol"]
     if certificate["max_grad_on_support"] > tol:
         reasons.append(

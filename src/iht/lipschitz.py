@@ -17,7 +17,9 @@ lower bound of the true constant that grows (weakly) with n.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import EstimateError, InvalidValueError
+from .evaluation import evaluating
 from .init import reset_parameters_
 from .threshold import check_sparsity, flatten, top_s_mask, unflatten_
 
@@ -57,16 +60,29 @@ class L2sEstimate:
         lr: the learning rate 1 / L_hat_2s.
         ratios: every sampled L_i, shape (n_samples,), in draw order.
         sparsity: the s used (P for the dense network).
+        seconds_per_draw: wall time of one draw (two gradients), when measured.
     """
 
     estimate: float
     lr: float
     ratios: Tensor
     sparsity: int
+    seconds_per_draw: float = math.nan
 
     def running_max(self) -> Tensor:
         """The estimate after 1, 2, ..., n draws: how it grows with the sample count."""
         return torch.cummax(self.ratios, dim=0).values
+
+    def spread(self) -> dict[str, float]:
+        """Quantiles of the sampled ratios (``q50``, ``q90``, ``q99``) and their max.
+
+        The estimate is the max of a heavy-tailed sample on deep networks: when ``max`` is
+        far above ``q90``, 1 / max is a cautious step, and 1 / q90 or a tuned step may train
+        faster (the README discusses when).
+        """
+        r = self.ratios.double()
+        q = torch.quantile(r, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+        return {"q50": float(q[0]), "q90": float(q[1]), "q99": float(q[2]), "max": float(r.max())}
 
 
 def perturbation_pairs(theta: Tensor, keys: Tensor, z: Tensor, s: int) -> tuple[Tensor, Tensor]:
@@ -189,7 +205,9 @@ def estimate_l2s(
 
     Each draw re-initialises the model with its own default initialisation
     (``reset_parameters`` of its submodules, seeded from ``generator``) unless ``init_fn``
-    is given. The model's parameters are restored afterwards.
+    is given. The loss is evaluated in eval mode (dropout off, batch norm on its running
+    statistics: otherwise every gradient is of a different random function and the ratios
+    mean nothing); the model's parameters, buffers and modes are restored afterwards.
 
     Args:
         model: any ``nn.Module``; theta is ``model.parameters()`` flattened in order.
@@ -248,14 +266,19 @@ def estimate_l2s(
             )
         return torch.stack(rows)
 
+    started = time.perf_counter()
     try:
-        return estimate_l2s_fn(
-            grad_fn,
-            init_fn or default_init,
-            sparsity=sparsity,
-            size=sum(p.numel() for p in params),
-            n_samples=n_samples,
-            generator=generator,
+        with evaluating(model):
+            found = estimate_l2s_fn(
+                grad_fn,
+                init_fn or default_init,
+                sparsity=sparsity,
+                size=sum(p.numel() for p in params),
+                n_samples=n_samples,
+                generator=generator,
+            )
+        return dataclasses.replace(
+            found, seconds_per_draw=(time.perf_counter() - started) / n_samples
         )
     finally:
         with torch.no_grad():

@@ -176,6 +176,17 @@ class StepPool:
     minimum: list[int] | None = None
 
 
+def _check_dense_gradients(pools: Sequence[StepPool]) -> None:
+    """Sparse gradients (``nn.Embedding(sparse=True)``) have no entrywise update here."""
+    for pool in pools:
+        for p, g in zip(pool.params, pool.grads, strict=True):
+            if g is not None and g.layout != torch.strided:
+                raise InvalidValueError(
+                    f"a parameter of shape {tuple(p.shape)} has a {g.layout} gradient; IHT needs "
+                    "dense gradients (build nn.Embedding with sparse=False)"
+                )
+
+
 def iht_step(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str = "auto") -> None:
     r"""One IHT step of every pool, in place: :math:`\theta_P \leftarrow H_{s_P}(\theta_P - \gamma g_P)`.
 
@@ -195,6 +206,7 @@ def iht_step(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str
     Raises:
         NonFiniteError: a gradient or the update of some pool is NaN or infinite (named).
     """
+    _check_dense_gradients(pools)
     writes = [_plan(pool, threshold_every, kernel) for pool in pools]
     for write in writes:
         write()
@@ -410,7 +422,12 @@ def _in_pool(p: Tensor) -> bool:
 
 
 def check_lr(lr: object) -> float:
-    """``lr`` as a positive finite float, or a one-line error naming it."""
+    """``lr`` as a positive finite float, or a one-line error naming it.
+
+    A one-element tensor is taken as torch optimizers take it (its value, read once).
+    """
+    if isinstance(lr, Tensor) and lr.numel() == 1 and lr.is_floating_point():
+        lr = float(lr)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise InvalidTypeError(f"lr must be a positive finite number, got {lr!r}")
     value = float(lr)

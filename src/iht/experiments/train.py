@@ -483,6 +483,7 @@ def _train(
         budget=budget,
         grad_tol=config.grad_tol,
         dense_loss=None if dense is None else dense.train_loss,
+        inputs=X,
     )
     metrics = _metrics(
         model, budget, history, train, test, lr, dense, lr_time, train_time, dense_time
