@@ -35,7 +35,8 @@ RANKS = {
     "cli": 5,
 }
 PACKAGES = ("_kernels", "storage", "study", "experiments", "report", "cli")
-MATHS_LIBRARIES = {"torch", "numpy", "scipy", "sklearn"}
+#: The maths may use these (and data packages that generate data offline).
+MATHS_LIBRARIES = {"torch", "numpy", "scipy", "sklearn", "mnist1d"}
 KERNEL_LIBRARIES = MATHS_LIBRARIES | {"numba", "llvmlite"}
 #: What ``import iht`` and ``iht --help`` must not load.
 HEAVY = ("numba", "pandas", "pyarrow", "matplotlib", "scipy", "sklearn", "ray")

@@ -264,6 +264,7 @@ def test_lr_auto_or_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         "l2s_estimate": None,
         "n_monte": None,
         "estimated_with_sparsity": None,
+        "source": "given",
     }
     assert load(tmp_path / "n", "certificate.json")["lr"] == 0.25
 
@@ -488,3 +489,80 @@ def test_instability_reasons() -> None:
     assert len(reasons) == 3 and "5.00e-03 > grad_tol" in reasons[0]
     assert "would enter" in reasons[1] and "tie" in reasons[2]
     assert instability_reasons({**cert, "stable": True}) == []
+
+
+# -- deep-network recipes: a CNN, other optimizers, schedules --------------------------------
+def test_a_cnn_on_mnist1d_with_the_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = train(
+        capsys,
+        tmp_path / "o",
+        "--data",
+        "mnist1d",
+        "--model",
+        "cnn",
+        "--sparsity",
+        "10%",
+        "--steps",
+        "60",
+        "--eval-every",
+        "20",
+    )
+    config, metrics = load(tmp_path / "o", "config.json"), load(tmp_path / "o", "metrics.json")
+    assert config["model"]["n_params"] == 5210 and config["budget"]["sparsity"] == 521
+    assert config["data"]["n_train"] == 4000 and config["data"]["n_test"] == 1000  # its split
+    training = config["training"]
+    assert (training["optimizer"], training["schedule"], training["batch_size"]) == (
+        "adam",
+        "cubic",
+        100,
+    )
+    assert config["lr"]["source"] == "recipe" and config["lr"]["value"] == 0.01
+    assert metrics["nonzeros"] <= 521
+    history = pd.read_parquet(tmp_path / "o" / "history.parquet")
+    assert history["train_loss"].notna().sum() == 4  # steps 0, 20, 40 and the last
+    # the cubic schedule: dense for the first 1/6, then shrinking to s by 2/3 of the run
+    assert history["nonzeros"].iloc[5] == 5210 and (history["nonzeros"].iloc[40:] <= 521).all()
+    assert "this run took adam steps" in out and "model CNN 40-10 (25 channels" in out
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adamw"])
+def test_every_optimizer_keeps_the_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], optimizer: str
+) -> None:
+    out = tmp_path / optimizer
+    train(
+        capsys,
+        out,
+        "--data",
+        "digits",
+        "--hidden",
+        "16",
+        "--sparsity",
+        "0.2",
+        "--steps",
+        "30",
+        "--optimizer",
+        optimizer,
+        "--schedule",
+        "constant",
+        "--lr",
+        "0.05",
+        "--batch-size",
+        "64",
+    )
+    history = pd.read_parquet(out / "history.parquet")
+    budget = load(out, "config.json")["budget"]["sparsity"]
+    assert (history["nonzeros"] <= budget).all()
+
+
+def test_sgd_through_the_wrapper_is_the_iht_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--data", "iris", "--sparsity", "5", "--steps", "40"]
+    train(capsys, tmp_path / "iht", *args)
+    train(capsys, tmp_path / "sgd", *args, "--optimizer", "sgd")
+    a = pd.read_parquet(tmp_path / "iht" / "history.parquet")
+    b = pd.read_parquet(tmp_path / "sgd" / "history.parquet")
+    assert a.equals(b)  # the same lr (1 / L_hat_2s), the same steps, bit for bit

@@ -226,8 +226,6 @@ def iht_train_(
         opt.step()
 
 
-
-
 def magnitude_masks(model: nn.Module, s: int) -> list[Tensor]:
     """One float mask per parameter: 1 on the s largest magnitudes over all of them (H_s's
     choice, ties to the smaller flat index), 0 elsewhere."""

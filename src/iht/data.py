@@ -8,12 +8,14 @@ file needs a header row, numeric feature columns and one target column of class 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +31,13 @@ __all__ = [
     "load_builtin",
     "load_csv",
     "load_dataset",
+    "load_mnist1d",
     "n_test_rows",
     "random_split",
     "standardise",
 ]
 
-BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "digits")
+BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist1d")
 
 #: Cell values read as "missing" in a CSV file (compared after stripping, case-insensitively).
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-"})
@@ -46,6 +49,9 @@ class Dataset:
 
     ``class_names[c]`` is the original label of class c (for a CSV target, the labels in
     sorted order); ``feature_names`` are the column names. Both may be empty.
+    ``input_shape`` is the shape of one example as a convolution sees it ((channels, length)
+    for signals, (channels, height, width) for images; None for tabular rows), and
+    ``split`` a fixed (train, test) split of the rows the data set comes with (None: draw one).
     """
 
     name: str
@@ -53,6 +59,8 @@ class Dataset:
     y: NDArray[np.int64]
     feature_names: tuple[str, ...] = ()
     class_names: tuple[str, ...] = ()
+    input_shape: tuple[int, ...] | None = None
+    split: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -64,7 +72,9 @@ class Dataset:
 
 
 def load_builtin(name: str) -> Dataset:
-    """Load one of :data:`BUILTIN_DATASETS` from scikit-learn (no network)."""
+    """Load one of :data:`BUILTIN_DATASETS`: scikit-learn's, or MNIST-1D (no network)."""
+    if name == "mnist1d":
+        return load_mnist1d()
     from sklearn import datasets
 
     loaders = {
@@ -74,7 +84,9 @@ def load_builtin(name: str) -> Dataset:
         "digits": datasets.load_digits,
     }
     if name not in loaders:
-        raise InvalidValueError(f"unknown data set {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}")
+        raise InvalidValueError(
+            f"unknown data set {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}"
+        )
     bunch = loaders[name]()
     return Dataset(
         name=name,
@@ -82,7 +94,83 @@ def load_builtin(name: str) -> Dataset:
         y=np.asarray(bunch.target, dtype=np.int64),
         feature_names=tuple(str(f) for f in bunch.feature_names),
         class_names=tuple(str(c) for c in bunch.target_names),
+        input_shape=(1, 8, 8) if name == "digits" else None,
     )
+
+
+def load_mnist1d(cache: Path | None = None) -> Dataset:
+    """MNIST-1D (Greydanus & Kobak 2024): 5,000 signals of length 40, 10 classes, generated
+    offline by the ``mnist1d`` package with its default arguments (seed 42), and its own split:
+    the first 4,000 for training, the last 1,000 for testing.
+
+    The generated arrays are cached in ``cache`` (default ``$XDG_CACHE_HOME/iht`` or
+    ``~/.cache/iht``) keyed on the generator's arguments; generation takes ~2 s. The
+    generator seeds Python's and numpy's global random state: both are restored afterwards.
+
+    Raises:
+        DataError: the ``mnist1d`` package is not installed.
+    """
+    import json
+    import random
+
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise DataError("MNIST-1D needs the mnist1d package: pip install mnist1d") from None
+    args = vars(get_dataset_args())
+    key = json.dumps({k: v for k, v in sorted(args.items()) if k != "url"}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    directory = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iht"
+    path = directory / f"mnist1d-{digest}.npz"
+    arrays = _read_cache(path)
+    if arrays is None:
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            made = make_dataset(get_dataset_args())
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        arrays = {
+            "X": np.concatenate([made["x"], made["x_test"]]).astype(np.float64),
+            "y": np.concatenate([made["y"], made["y_test"]]).astype(np.int64),
+            "n_train": np.array(len(made["y"])),
+        }
+        _write_cache(path, arrays)
+    n_train = int(arrays["n_train"])
+    n = len(arrays["y"])
+    return Dataset(
+        name="mnist1d",
+        X=arrays["X"],
+        y=arrays["y"],
+        feature_names=tuple(f"t{i}" for i in range(arrays["X"].shape[1])),
+        class_names=tuple(str(c) for c in range(10)),
+        input_shape=(1, arrays["X"].shape[1]),
+        split=(np.arange(n_train, dtype=np.int64), np.arange(n_train, n, dtype=np.int64)),
+    )
+
+
+def _read_cache(path: Path) -> dict[str, NDArray[Any]] | None:
+    """The cached arrays, or None when missing or unreadable (then they are made again)."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {k: stored[k] for k in ("X", "y", "n_train")}
+    except (OSError, KeyError, ValueError):
+        return None
+    if arrays["X"].ndim != 2 or arrays["y"].shape != (arrays["X"].shape[0],):
+        return None
+    return arrays
+
+
+def _write_cache(path: Path, arrays: dict[str, NDArray[Any]]) -> None:
+    """Write the cache atomically; a cache that cannot be written is only a cost, not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, X=arrays["X"], y=arrays["y"], n_train=arrays["n_train"])
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def load_dataset(spec: str, *, target: str | None = None) -> Dataset:

@@ -164,15 +164,21 @@ def _exchange_layout(
         raise InvalidTypeError(f"shards must share one dtype, got {names} by rank")
     bad_dim = [rank for rank, r in enumerate(rows) if r[4] != 1]
     if bad_dim:
-        raise InvalidValueError(f"each shard must be a 1-D tensor; rank(s) {bad_dim} passed another shape")
+        raise InvalidValueError(
+            f"each shard must be a 1-D tensor; rank(s) {bad_dim} passed another shape"
+        )
     if any(r[0] == _BAD for r in rows):
-        raise InvalidTypeError(f"offset must be an integer on every rank; rank(s) {_ranks(rows, 0)} not")
+        raise InvalidTypeError(
+            f"offset must be an integer on every rank; rank(s) {_ranks(rows, 0)} not"
+        )
     if _BAD in s_codes:
         raise InvalidTypeError(
             f"{s_name} must be an integer count of nonzeros; rank(s) {_ranks(rows, 2)} not"
         )
     if len(s_codes) > 1:
-        raise InvalidValueError(f"{s_name} must be the same on every rank, got {[r[2] for r in rows]}")
+        raise InvalidValueError(
+            f"{s_name} must be the same on every rank, got {[r[2] for r in rows]}"
+        )
     size = sum(numels)
     _check_tiling(offsets, numels, size)
     (s_value,) = s_codes
@@ -180,7 +186,9 @@ def _exchange_layout(
         raise InvalidValueError(f"{s_name} must be in 0..{size} (P = {size}), got {s_value}")
     nan_ranks = [rank for rank, r in enumerate(rows) if r[5]]
     if nan_ranks:
-        raise InvalidValueError(f"shard(s) of rank(s) {nan_ranks} hold NaN; their order is undefined")
+        raise InvalidValueError(
+            f"shard(s) of rank(s) {nan_ranks} hold NaN; their order is undefined"
+        )
     bad_ranks = [rank for rank, r in enumerate(rows) if r[6]]
     if require_finite and bad_ranks:
         raise NonFiniteError(

@@ -77,7 +77,9 @@ def load_sparse(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     params = dict(model.named_parameters())
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-        raise InvalidValueError(f"{path} does not match the model: missing {missing}, unexpected {extra}")
+        raise InvalidValueError(
+            f"{path} does not match the model: missing {missing}, unexpected {extra}"
+        )
     for name, sparse in tensors.items():
         if tuple(sparse.shape) != tuple(params[name].shape):
             raise InvalidValueError(

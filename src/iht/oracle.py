@@ -346,7 +346,9 @@ def _newton(
 # ----------------------------------------------------------------------------------------
 # Certificates and the linear program
 # ----------------------------------------------------------------------------------------
-def _stiemke(problem: SupportProblem, sup: Index, p: Array, active: Mask | None, grad: Array) -> Mask:
+def _stiemke(
+    problem: SupportProblem, sup: Index, p: Array, active: Mask | None, grad: Array
+) -> Mask:
     """True where the Newton point proves that the (reduced) minimum is attained.
 
     Stiemke's alternative: exactly one holds, (a) some d has M d <= 0 with M d != 0 (a
@@ -493,9 +495,13 @@ def check_settings(gtol: float, max_iter: int, chunk: int) -> None:
 def _check_supports(problem: SupportProblem, supports: Index | Sequence[Sequence[int]]) -> Index:
     sup = np.asarray(supports, dtype=np.int64)
     if sup.ndim != 2 or sup.shape[1] < 1:
-        raise InvalidValueError(f"supports must be a (K, s) array with s >= 1, got shape {sup.shape}")
+        raise InvalidValueError(
+            f"supports must be a (K, s) array with s >= 1, got shape {sup.shape}"
+        )
     if sup.size and (sup.min() < 0 or sup.max() >= problem.size):
-        raise InvalidValueError(f"support indices must lie in 0..{problem.size - 1} (P = {problem.size})")
+        raise InvalidValueError(
+            f"support indices must lie in 0..{problem.size - 1} (P = {problem.size})"
+        )
     sup = np.sort(sup, axis=1)
     if (np.diff(sup, axis=1) == 0).any():
         raise InvalidValueError("a support repeats a parameter index")
@@ -1035,5 +1041,3 @@ def check_levels(levels: Sequence[int], size: int) -> list[int]:
             f"levels must be sparsity levels in 1..{size} (P = {size}), got {levels!r}"
         )
     return asked
-
-

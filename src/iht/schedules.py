@@ -27,7 +27,10 @@ from typing import Protocol
 
 from .errors import InvalidValueError
 
-__all__ = ["ACDC", "Constant", "Cubic", "DenseWarmup", "Schedule"]
+__all__ = ["ACDC", "SCHEDULES", "Constant", "Cubic", "DenseWarmup", "Schedule", "schedule_named"]
+
+#: The schedules by name, with their phases as shares of a run of n steps (:func:`schedule_named`).
+SCHEDULES = ("constant", "warmup", "cubic", "acdc")
 
 
 class Schedule(Protocol):
@@ -125,3 +128,25 @@ class ACDC:
         if step < self.warmup:
             return None
         return final if ((step - self.warmup) // self.phase) % 2 == 0 else None
+
+
+def schedule_named(name: str, steps: int) -> Schedule:
+    """A schedule for a run of ``steps`` steps by name, its phases as shares of the run.
+
+    - ``constant``: the budget from the first step;
+    - ``warmup``: dense for the first 1/6 of the run;
+    - ``cubic``: from dense at 1/6 of the run to s at 2/3 (Zhu & Gupta; then s to the end);
+    - ``acdc``: dense for the first 1/10, then sparse and dense phases of 1/20 each, sparse
+      for the last 1/5 (AC/DC's proportions).
+    """
+    if name == "constant":
+        return Constant()
+    if name == "warmup":
+        return DenseWarmup(steps // 6)
+    if name == "cubic":
+        start = steps // 6
+        return Cubic(start, max(start + 1, (2 * steps) // 3))
+    if name == "acdc":
+        warmup = steps // 10
+        return ACDC(warmup=warmup, phase=max(1, steps // 20), final=max(warmup, steps - steps // 5))
+    raise InvalidValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {name!r}")

@@ -40,7 +40,8 @@ class History:
     """What :func:`fit` recorded, one entry per step k = 0, 1, ...
 
     Row k holds: ``train_loss`` and ``train_accuracy`` over all training rows at theta^k
-    (the point whose gradient makes step k); ``batch_loss``, the loss of step k's batch
+    (the point whose gradient makes step k; with mini-batches only on evaluation steps, NaN
+    elsewhere); ``batch_loss``, the loss of step k's batch
     (equal to ``train_loss`` in full-batch training); ``entered`` / ``left``, how many
     entries joined / left the support (the nonzeros) from theta^k to theta^{k+1};
     ``nonzeros`` and ``layer_nonzeros[layer]``, the nonzeros of theta^{k+1}; ``test_loss``
@@ -79,7 +80,9 @@ class History:
             "nonzeros": np.asarray(self.nonzeros, dtype=ints),
         }
         for layer in self.layers:
-            columns[f"nonzeros.{layer}"] = np.asarray(self.layer_nonzeros.get(layer, []), dtype=ints)
+            columns[f"nonzeros.{layer}"] = np.asarray(
+                self.layer_nonzeros.get(layer, []), dtype=ints
+            )
         return columns
 
 
@@ -149,7 +152,8 @@ def fit(
         on_step: called as ``on_step(k, history)`` after step k is recorded.
         test: (X_test, y_test), evaluated at theta^k every ``eval_every`` steps and at the
             last step.
-        eval_every: test evaluation period (>= 1).
+        eval_every: evaluation period (>= 1) of the test rows and, with mini-batches, of the
+            loss over every training row (NaN in between; full batch: every step, for free).
         loss_fn: ``loss_fn(logits, y)`` -> mean loss (cross-entropy by default).
         history: a :class:`History` to append to (the caller keeps what was recorded even
             when training stops with an error); a new one by default.
@@ -210,11 +214,14 @@ def fit(
             raise NonFiniteError(
                 f"training stopped at step {k}: the loss is {batch_loss}; parameters left unchanged"
             )
+        evaluated = (k - first) % eval_every == 0 or k == first + steps - 1
         if full:
             train_loss, train_accuracy = batch_loss, _accuracy(out.detach(), yb)
-        else:
+        elif evaluated:  # a pass over every training row: only on evaluation steps
             train_loss, train_accuracy = evaluate(model, X, y, loss_fn=loss_fn)
-        if test is not None and ((k - first) % eval_every == 0 or k == first + steps - 1):
+        else:
+            train_loss = train_accuracy = math.nan
+        if test is not None and evaluated:
             test_loss, test_accuracy = evaluate(model, test[0], test[1], loss_fn=loss_fn)
         else:
             test_loss = test_accuracy = math.nan

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
-from ..experiments.config import DEFAULT_STEPS, DTYPES, TrainConfig
+from ..experiments.config import DEFAULT_STEPS, DTYPES, OPTIMIZERS, TrainConfig
+from ..models import MODELS
+from ..schedules import SCHEDULES
 from .options import (
     activation_option,
     config_option,
     data_option,
+    default_of,
     hidden_option,
     lr_option,
     n_monte_option,
@@ -54,11 +57,15 @@ __all__ = ["train_command"]
     help="Keep biases dense and outside the budget (default: biases are counted).",
 )
 @lr_option(
-    TrainConfig, "Step size: 'auto' (1 / L_hat_2s from the Monte Carlo estimate) or a number."
+    TrainConfig,
+    "Step size: 'auto' (1 / L_hat_2s from the Monte Carlo estimate for iht and sgd; 0.05 for "
+    "momentum, 0.01 for adam and adamw) or a number.",
 )
 @n_monte_option(TrainConfig)
 @click.option(
-    "--steps", type=click.IntRange(min=1), help=f"Number of IHT steps.  [default: {DEFAULT_STEPS}]"
+    "--steps",
+    type=click.IntRange(min=1),
+    help=f"Number of IHT steps.  [default: {DEFAULT_STEPS}; 6000 for --model cnn]",
 )
 @click.option(
     "--epochs",
@@ -70,10 +77,13 @@ __all__ = ["train_command"]
     "--batch-size",
     type=click.IntRange(min=1),
     help="Mini-batch IHT (SIHT) with this many rows per step, reshuffled every "
-    "epoch.  [default: full batch]",
+    "epoch.  [default: full batch; 100 for --model cnn]",
 )
-@config_option(
-    TrainConfig, "eval_every", click.IntRange(min=1), "Evaluate the test rows every k steps."
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    help="Evaluate the test rows (and, with mini-batches, the loss over every training row) "
+    "every k steps.  [default: 1; 100 for --model cnn]",
 )
 @config_option(TrainConfig, "dtype", click.Choice(DTYPES), "The precision of the model.")
 @config_option(
@@ -86,6 +96,27 @@ __all__ = ["train_command"]
     "--dense-reference",
     is_flag=True,
     help="Also train the same model densely with GD for the same steps; report epsilon.",
+)
+@click.option(
+    "--model",
+    type=click.Choice(MODELS),
+    default=default_of(TrainConfig, "model"),
+    show_default=True,
+    help="mlp (linear when --hidden is empty) or cnn (for signals and images: mnist1d, digits; "
+    "--hidden C sets its channels, default 25).",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(OPTIMIZERS),
+    help="iht (the paper's step), or sgd, momentum, adam, adamw followed by the projection onto "
+    "the budget.  [default: iht; adam for --model cnn]",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    help="How the budget is reached: constant (from the start), warmup (dense for 1/6 of the "
+    "steps), cubic (dense to s from 1/6 to 2/3 of the steps), acdc (dense and sparse phases, "
+    "ending sparse).  [default: constant for iht and sgd, cubic otherwise]",
 )
 @threads_option(TrainConfig)
 @out_option("results/train-DATA-MODEL-sSPARSITY-seedSEED")

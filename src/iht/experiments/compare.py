@@ -273,14 +273,20 @@ def _run_seed(
         pretrained = train(model0, lambda m, f: gradient_descent_(m, f, lr=dense_lr, steps=pre))
     if "dense" in methods:
         assert pretrained is not None
-        dense = train(pretrained.model, lambda m, f: gradient_descent_(m, f, lr=dense_lr, steps=fine), pretrained)
+        dense = train(
+            pretrained.model,
+            lambda m, f: gradient_descent_(m, f, lr=dense_lr, steps=fine),
+            pretrained,
+        )
         for s in levels:
             row("dense", s, dense, lr=dense_lr, est=dense_est)
         report(len(levels))
 
     l1_pre: _Trained | None = None
     if "l1" in methods:
-        l1_pre = train(model0, lambda m, f: gradient_descent_(m, f, lr=dense_lr, steps=pre, l1=config.l1))
+        l1_pre = train(
+            model0, lambda m, f: gradient_descent_(m, f, lr=dense_lr, steps=pre, l1=config.l1)
+        )
     plan = gmp_plan(steps, start=config.gmp_start, end=config.gmp_end, events=config.gmp_events)
 
     for s in levels:
@@ -332,8 +338,6 @@ def _run_seed(
             row("iht", s, train(model0, iht_run), lr=lr_s, est=est_s)
             report(1)
     return rows
-
-
 
 
 @dataclass(frozen=True)

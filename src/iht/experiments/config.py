@@ -13,18 +13,28 @@ from ..budget import check_sparsity_form, check_sparsity_list_form
 from ..certify import DEFAULT_GRAD_TOL
 from ..errors import InvalidValueError
 from ..lipschitz import DEFAULT_N_SAMPLES
-from ..models import ACTIVATIONS
+from ..models import ACTIVATIONS, MODELS
+from ..schedules import SCHEDULES
 
 __all__ = [
+    "DEFAULT_LR",
     "DEFAULT_STEPS",
     "DTYPES",
     "LABELS",
     "METHODS",
+    "OPTIMIZERS",
     "SPARSE_METHODS",
     "CompareConfig",
+    "Recipe",
     "TrainConfig",
     "parse_methods",
+    "recipe",
 ]
+
+#: The optimizers a run can take (see :attr:`TrainConfig.optimizer`).
+OPTIMIZERS = ("iht", "sgd", "momentum", "adam", "adamw")
+#: The step sizes used when none is given (absent: 1 / L_hat_2s, the paper's).
+DEFAULT_LR = {"momentum": 0.05, "adam": 1e-2, "adamw": 1e-2}
 
 #: Steps when neither ``steps`` nor ``epochs`` is given.
 DEFAULT_STEPS = 2000
@@ -40,6 +50,7 @@ LABELS = {
     "l1": "L1 + prune + fine-tune",
     "iht": "IHT",
 }
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -61,11 +72,19 @@ class TrainConfig:
         steps: IHT steps (:data:`DEFAULT_STEPS` when neither steps nor epochs is given).
         epochs: instead of steps: passes over the training rows.
         batch_size: rows per mini-batch (SIHT); None for full-batch IHT.
-        eval_every: evaluate the test rows every k steps (and at the last).
+        eval_every: evaluate the test rows (and with mini-batches the loss over every training
+            row) every k steps and at the last; None: the recipe's (every step; 100 for a CNN).
         dtype: ``float32`` or ``float64``.
         grad_tol: |grad| at or below this counts as zero in the certificate.
         dense_reference: also train the same model densely (GD, same steps) for epsilon.
         threads: torch CPU threads while training (None: leave torch's setting alone).
+        model: ``mlp`` (a linear model when ``hidden`` is empty) or ``cnn``
+            (:func:`iht.models.build_cnn`; ``hidden[0]`` channels).
+        optimizer: ``iht`` (the paper's step), ``sgd`` (the same, through
+            :class:`iht.SparseOptimizer`), ``momentum``, ``adam`` or ``adamw`` (their step,
+            then the projection), or None for the model's recipe (:func:`recipe`).
+        schedule: the budget's schedule (:data:`iht.schedules.SCHEDULES`), or None for the
+            recipe's.
     """
 
     data: str
@@ -82,16 +101,29 @@ class TrainConfig:
     steps: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
-    eval_every: int = 1
+    eval_every: int | None = None
     dtype: str = "float32"
     grad_tol: float = DEFAULT_GRAD_TOL
     dense_reference: bool = False
     threads: int | None = 1
+    model: str = "mlp"
+    optimizer: str | None = None
+    schedule: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data.strip():
             raise InvalidValueError(f"data must name a data set or a CSV file, got {self.data!r}")
         check_sparsity_form(self.sparsity)  # the range of a count needs the model
+        if self.model not in MODELS:
+            raise InvalidValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise InvalidValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise InvalidValueError(
+                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
         if not 0 < self.test_fraction < 1:
             raise InvalidValueError(f"test fraction must be in (0, 1), got {self.test_fraction}")
         if self.seed < 0:
@@ -114,6 +146,34 @@ class TrainConfig:
             raise InvalidValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not (self.grad_tol >= 0 and math.isfinite(self.grad_tol)):
             raise InvalidValueError(f"grad_tol must be a finite number >= 0, got {self.grad_tol}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a train run does where its config is silent (see :func:`recipe`)."""
+
+    optimizer: str
+    schedule: str
+    lr: float | None  # None: 1 / L_hat_2s
+    steps: int
+    batch_size: int | None
+    eval_every: int
+
+
+def recipe(config: TrainConfig) -> Recipe:
+    """The defaults of a run, by model: the paper's IHT for linear models and MLPs (full
+    batch, 1 / L_hat_2s, the budget from the start), and for a CNN the recipe measured on
+    MNIST-1D: Adam (lr 1e-2), batches of 100, 6,000 steps, and the budget reached by a cubic
+    schedule from dense (Adam with the budget from the start stayed at chance level there).
+    Anything the config sets wins."""
+    cnn = config.model == "cnn"
+    optimizer = config.optimizer or ("adam" if cnn else "iht")
+    schedule = config.schedule or ("constant" if optimizer in ("iht", "sgd") else "cubic")
+    lr = config.lr if config.lr is not None else DEFAULT_LR.get(optimizer)
+    steps = config.steps if config.steps is not None else (6000 if cnn else DEFAULT_STEPS)
+    batch = config.batch_size if config.batch_size is not None else (100 if cnn else None)
+    every = config.eval_every if config.eval_every is not None else (100 if cnn else 1)
+    return Recipe(optimizer, schedule, lr, steps, batch, every)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,7 +229,9 @@ class CompareConfig:
         check_sparsity_list_form(self.levels_text)  # the range of a count needs the model
         parse_methods(",".join(self.methods))
         if self.steps < 2:
-            raise InvalidValueError(f"steps must be >= 2 (pre-training and fine-tuning), got {self.steps}")
+            raise InvalidValueError(
+                f"steps must be >= 2 (pre-training and fine-tuning), got {self.steps}"
+            )
         if self.seeds < 1:
             raise InvalidValueError(f"seeds must be >= 1, got {self.seeds}")
         if not 0 < self.test_fraction < 1:
@@ -181,7 +243,9 @@ class CompareConfig:
         if self.n_monte < 1:
             raise InvalidValueError(f"n_monte must be >= 1, got {self.n_monte}")
         if not 0 < self.pretrain_fraction < 1:
-            raise InvalidValueError(f"pretrain_fraction must be in (0, 1), got {self.pretrain_fraction}")
+            raise InvalidValueError(
+                f"pretrain_fraction must be in (0, 1), got {self.pretrain_fraction}"
+            )
         if not 0 <= self.gmp_start <= self.gmp_end <= 1:
             raise InvalidValueError(
                 f"need 0 <= gmp_start <= gmp_end <= 1, got {self.gmp_start}, {self.gmp_end}"

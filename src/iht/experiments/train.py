@@ -43,6 +43,7 @@ from ..init import reset_parameters_
 from ..lipschitz import estimate_l2s
 from ..models import build_model
 from ..optim import IHT
+from ..schedules import schedule_named
 from ..storage.files import (
     atomic_write_bytes,
     check_output_dir,
@@ -55,7 +56,7 @@ from ..storage.files import (
 )
 from ..storage.records import from_dict, reading_stored, to_dict
 from ..training import History, evaluate, fit
-from .config import DEFAULT_STEPS, TrainConfig
+from .config import Recipe, TrainConfig, recipe
 from .progress import StepProgress
 from .threads import torch_threads
 
@@ -130,21 +131,29 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class LrInfo:
-    """The step size and, when automatic, the estimate it came from."""
+    """The step size and, when automatic, the estimate it came from.
+
+    ``source``: ``auto`` (1 / L_hat_2s), ``given`` (--lr) or ``recipe`` (the optimizer's
+    default step, :data:`iht.experiments.config.DEFAULT_LR`).
+    """
 
     value: float
     l2s_estimate: float | None
     n_monte: int | None
     estimated_with_sparsity: int | None
+    source: str = "auto"
 
 
 @dataclass(frozen=True)
 class TrainingInfo:
-    """What the loop did: the algorithm and its length."""
+    """What the loop did: the algorithm, its length, and the recipe it followed."""
 
     algorithm: str
     steps: int
     steps_per_epoch: int
+    optimizer: str = "iht"
+    schedule: str = "constant"
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -290,9 +299,13 @@ def run_train(
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     seeds = _seeds(config.seed)
     data = load_dataset(config.data, target=config.target)
+    plan = recipe(config)
     n = len(data.y)
-    n_test = n_test_rows(n, config.test_fraction)
-    train_idx, test_idx = random_split(n, n - n_test, seed=seeds.data)
+    if data.split is not None:  # the data set's own split (MNIST-1D's 4,000 / 1,000)
+        train_idx, test_idx = data.split
+    else:
+        n_test = n_test_rows(n, config.test_fraction)
+        train_idx, test_idx = random_split(n, n - n_test, seed=seeds.data)
     features = torch.tensor(standardise(data.X, train_idx), dtype=dtype)
     labels = torch.tensor(data.y, dtype=torch.long)
     train = features[train_idx], labels[train_idx]
@@ -302,7 +315,12 @@ def run_train(
     # by the construction's own (discarded) draws.
     with torch.random.fork_rng(devices=[]):
         model = build_model(
-            data.n_features, data.n_classes, config.hidden, activation=config.activation
+            data.n_features,
+            data.n_classes,
+            config.hidden,
+            activation=config.activation,
+            kind=config.model,
+            input_shape=data.input_shape,
         )
     model = model.to(dtype)
     total = budgeted_size(model, exclude_biases=config.exclude_biases)
@@ -319,19 +337,16 @@ def run_train(
             "is too small to share per layer): they will stay zero"
         )
     n_train = len(train_idx)
-    batch = config.batch_size if config.batch_size is not None else n_train
+    batch = plan.batch_size if plan.batch_size is not None else n_train
     steps_per_epoch = math.ceil(n_train / batch)
-    steps = (
-        config.epochs * steps_per_epoch
-        if config.epochs is not None
-        else (config.steps if config.steps is not None else DEFAULT_STEPS)
-    )
+    steps = config.epochs * steps_per_epoch if config.epochs is not None else plan.steps
     directory = out or default_out(config)
     check_output_dir(directory, overwrite=overwrite)
 
     with torch_threads(config.threads):
         return _train(
             config,
+            plan,
             data,
             budget,
             model,
@@ -350,6 +365,7 @@ def run_train(
 
 def _train(
     config: TrainConfig,
+    plan: Recipe,
     data: Dataset,
     budget: Budget,
     model: nn.Sequential,
@@ -374,7 +390,7 @@ def _train(
     dense_init = {k: v.clone() for k, v in model.state_dict().items()}
 
     lr_start = time.perf_counter()
-    if config.lr is None:
+    if plan.lr is None:
         # The iterates have at most s + (dense parameters) nonzeros, so that is the sparsity
         # the estimate draws its supports with (= s under the paper's global budget).
         estimate = estimate_l2s(
@@ -386,10 +402,10 @@ def _train(
         )
         lr = estimate.lr
     else:
-        estimate, lr = None, config.lr
+        estimate, lr = None, plan.lr
     lr_time = time.perf_counter() - lr_start
 
-    mini_batch = config.batch_size is not None and config.batch_size < len(y)
+    mini_batch = plan.batch_size is not None and plan.batch_size < len(y)
     record = TrainRecord(
         config=config,
         data=DataInfo(
@@ -420,11 +436,19 @@ def _train(
             l2s_estimate=None if estimate is None else estimate.estimate,
             n_monte=config.n_monte if estimate is not None else None,
             estimated_with_sparsity=budget.max_nonzeros if estimate is not None else None,
+            source="auto"
+            if estimate is not None
+            else "given"
+            if config.lr is not None
+            else "recipe",
         ),
         training=TrainingInfo(
-            algorithm="SIHT (mini-batch IHT)" if mini_batch else "IHT (full batch)",
+            algorithm=_algorithm(plan, mini_batch),
             steps=steps,
             steps_per_epoch=steps_per_epoch,
+            optimizer=plan.optimizer,
+            schedule=plan.schedule,
+            batch_size=plan.batch_size,
         ),
         seeds=seeds,
         versions={"iht": __version__, "torch": torch.__version__},
@@ -436,10 +460,12 @@ def _train(
         log(f"moved the earlier contents of {directory} to {moved}")
     write_json(directory / "config.json", to_dict(record))
 
-    budget.sparse_init_(model, generator=torch.Generator().manual_seed(seeds.support))
+    if plan.schedule == "constant":  # the paper's start: a random support of the budget
+        budget.sparse_init_(model, generator=torch.Generator().manual_seed(seeds.support))
+    # (a schedule that starts dense starts from the dense initialisation)
     history = History()
     # Built before the clock starts: torch's first optimizer imports torch._dynamo (~1 s).
-    optimizer = budget.optimizer(model, lr=lr)
+    optimizer = _make_optimizer(plan, budget, model, lr, steps)
     bar = StepProgress(steps, record.training.algorithm.split(" ")[0], enabled=progress)
     train_start = time.perf_counter()
     try:
@@ -449,11 +475,11 @@ def _train(
             y,
             optimizer=optimizer,
             steps=steps,
-            batch_size=config.batch_size,
+            batch_size=plan.batch_size,
             generator=torch.Generator().manual_seed(seeds.shuffle),
             on_step=bar,
             test=test,
-            eval_every=config.eval_every,
+            eval_every=plan.eval_every,
             history=history,
         )
     except (NonFiniteError, KeyboardInterrupt) as exc:
@@ -472,7 +498,7 @@ def _train(
     if config.dense_reference:
         dense_start = time.perf_counter()
         dense = _dense_reference(
-            model, dense_init, config, loss_fn, train, test, steps, seeds, progress
+            model, dense_init, config, plan, loss_fn, train, test, steps, seeds, progress
         )
         dense_time = time.perf_counter() - dense_start
 
@@ -494,9 +520,7 @@ def _train(
     atomic_write_bytes(directory / "mask.pt", torch_bytes(masks))
     atomic_write_bytes(directory / "model_sparse.pt", torch_bytes(sparse_payload(model)))
     write_json(directory / "certificate.json", certificate)
-    metrics = replace(
-        metrics, time_s=replace(metrics.time_s, total=time.perf_counter() - started)
-    )
+    metrics = replace(metrics, time_s=replace(metrics.time_s, total=time.perf_counter() - started))
     write_json(directory / "metrics.json", to_dict(metrics))
     return TrainResult(directory, record, metrics, certificate, frame)
 
@@ -565,10 +589,44 @@ def _describe_layer(model: nn.Module, name: str) -> str:
     return type(module).__name__
 
 
+def _algorithm(plan: Recipe, mini_batch: bool) -> str:
+    """E.g. "IHT (full batch)", "SIHT (mini-batch IHT)", "Adam + H_s, cubic schedule (mini-batch)"."""
+    if plan.optimizer == "iht":
+        return "SIHT (mini-batch IHT)" if mini_batch else "IHT (full batch)"
+    names = {"sgd": "SGD", "momentum": "SGD momentum 0.9", "adam": "Adam", "adamw": "AdamW"}
+    schedule = "" if plan.schedule == "constant" else f", {plan.schedule} schedule"
+    return (
+        f"{names[plan.optimizer]} + H_s{schedule} ({'mini-batch' if mini_batch else 'full batch'})"
+    )
+
+
+def _base_optimizer(name: str, lr: float) -> Callable[[Any], torch.optim.Optimizer]:
+    """The torch optimizer a run's ``optimizer`` names, as a function of its param groups."""
+    makers: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
+        "sgd": lambda groups: torch.optim.SGD(groups, lr=lr),
+        "momentum": lambda groups: torch.optim.SGD(groups, lr=lr, momentum=0.9),
+        "adam": lambda groups: torch.optim.Adam(groups, lr=lr),
+        "adamw": lambda groups: torch.optim.AdamW(groups, lr=lr),
+    }
+    return makers[name]
+
+
+def _make_optimizer(
+    plan: Recipe, budget: Budget, model: nn.Module, lr: float, steps: int
+) -> torch.optim.Optimizer:
+    """IHT itself, or the recipe's base optimizer with the budget projected after each step."""
+    if plan.optimizer == "iht":
+        return budget.optimizer(model, lr=lr)
+    return budget.wrap(
+        model, _base_optimizer(plan.optimizer, lr), schedule=schedule_named(plan.schedule, steps)
+    )
+
+
 def _dense_reference(
     model: nn.Module,
     dense_init: dict[str, Tensor],
     config: TrainConfig,
+    plan: Recipe,
     loss_fn: Callable[[nn.Module], Tensor],
     train: tuple[Tensor, Tensor],
     test: tuple[Tensor, Tensor],
@@ -576,10 +634,11 @@ def _dense_reference(
     seeds: TrainSeeds,
     progress: bool,
 ) -> DenseReference:
-    """The same model from the same (dense) initialisation, trained by GD (Alg. 2)."""
+    """The same model from the same (dense) initialisation, trained without a budget: GD
+    (Alg. 2) for IHT, else the same base optimizer."""
     dense_model = copy.deepcopy(model)
     dense_model.load_state_dict(dense_init)
-    if config.lr is None:
+    if plan.lr is None:
         estimate = estimate_l2s(
             dense_model,
             loss_fn,
@@ -589,16 +648,20 @@ def _dense_reference(
         )
         lr = estimate.lr
     else:
-        estimate, lr = None, config.lr
-    bar = StepProgress(steps, "dense GD", enabled=progress)
+        estimate, lr = None, plan.lr
+    bar = StepProgress(steps, "dense", enabled=progress)
+    if plan.optimizer == "iht":
+        optimizer: torch.optim.Optimizer = IHT(dense_model.parameters(), lr=lr, sparsity=None)
+    else:
+        optimizer = _base_optimizer(plan.optimizer, lr)(list(dense_model.parameters()))
     try:
         fit(
             dense_model,
             train[0],
             train[1],
-            optimizer=IHT(dense_model.parameters(), lr=lr, sparsity=None),
+            optimizer=optimizer,
             steps=steps,
-            batch_size=config.batch_size,
+            batch_size=plan.batch_size,
             generator=torch.Generator().manual_seed(seeds.shuffle),
             on_step=bar,
         )
@@ -633,4 +696,3 @@ def read_train_run(directory: str | Path) -> TrainResult:
         certificate = read_json(directory / "certificate.json")
         history = pd.read_parquet(directory / "history.parquet")
     return TrainResult(directory, record, metrics, certificate, history)
-

@@ -239,9 +239,7 @@ def _render_html(
     return html_page("IHT study report", _CSS, parts)
 
 
-def write_study_report(
-    directory: str | os.PathLike[str], *, print_summary: bool = True
-) -> Path:
+def write_study_report(directory: str | os.PathLike[str], *, print_summary: bool = True) -> Path:
     """Draw the figures, the summary table and the HTML report of a stored study.
 
     Reads only ``directory`` (its ``config.json`` and ``parts/``) and writes

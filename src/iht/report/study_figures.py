@@ -364,9 +364,7 @@ def _fraction_bars(
     }
     positions = [float(s) for s in levels]
     heights = list(fractions.values())
-    ax.bar(
-        positions, heights, width=0.6, color=IHT_FACE, edgecolor=IHT_EDGE, label="IHT runs at s"
-    )
+    ax.bar(positions, heights, width=0.6, color=IHT_FACE, edgecolor=IHT_EDGE, label="IHT runs at s")
     dense = runs[runs["kind"] == DENSE]
     if len(dense):
         dense_frac = float(dense[column].astype(bool).mean())

@@ -40,6 +40,12 @@ def summary_lines(run: TrainResult, report: Path | None, elapsed: float) -> list
     data, model, budget, lr = record.data, record.model, record.budget, record.lr
     widths = [data.n_features, *model.hidden, data.n_classes]
     shape = "-".join(str(w) for w in widths)
+    kind = model.activation if model.hidden else "linear"
+    if record.config.model == "cnn":
+        shape, kind = (
+            f"CNN {data.n_features}-{data.n_classes}",
+            f"{model.hidden[0] if model.hidden else 25} channels, {model.activation}",
+        )
     if budget.mode == "per_layer":
         shared = "per layer: " + ", ".join(
             f"{p.name} {p.sparsity}/{p.size}" for p in budget.pools if not p.dense
@@ -51,14 +57,14 @@ def summary_lines(run: TrainResult, report: Path | None, elapsed: float) -> list
         f"lr {lr.value:.4g} (auto: 1/L_hat_2s, L_hat_2s = {lr.l2s_estimate:.4g}, "
         f"{lr.n_monte} draws)"
         if lr.l2s_estimate is not None
-        else f"lr {lr.value:.4g} (given)"
+        else f"lr {lr.value:.4g} ({'given' if lr.source == 'given' else 'the optimizer default'})"
     )
-    batch_size = record.config.batch_size
+    batch_size = record.training.batch_size
     batch = f", batch size {batch_size}" if batch_size else ""
     lines = [
         f"data {data.name}: {data.n_train} train / {data.n_test} test rows, "
         f"{data.n_features} features, {data.n_classes} classes",
-        f"model {shape} ({model.activation if model.hidden else 'linear'}), "
+        f"model {shape} ({kind}), "
         f"P = {model.n_params}; budget s = {budget.sparsity} of {budget.budgeted} ({shared})",
         f"{lr_text}; {metrics.steps} steps of {record.training.algorithm}{batch} "
         f"in {metrics.time_s.training:.1f} s",
@@ -70,6 +76,11 @@ def summary_lines(run: TrainResult, report: Path | None, elapsed: float) -> list
         f"{certificate['off_support_ratio']:.3g}, fixed-point residual "
         f"{certificate['residual']:.2e}, tie={certificate['tie']}",
     ]
+    if record.training.optimizer != "iht":
+        lines.append(
+            f"  (the certificate tests IHT's fixed point theta = H_s(theta - lr grad f) with lr "
+            f"{lr.value:.4g}; this run took {record.training.optimizer} steps)"
+        )
     if not certificate["stable"]:
         lines.append(f"  not HT-stable: {'; '.join(instability_reasons(certificate))}")
     if metrics.dense is not None:
@@ -107,7 +118,16 @@ def _fig_loss(history: pd.DataFrame, metrics: TrainMetrics) -> tuple[bytes, str]
     )
     if minibatch:
         ax.plot(step, positive("batch_loss"), color="0.75", lw=0.6, label="mini-batch loss")
-    ax.plot(step, positive("train_loss"), color="C0", lw=1.5, label="training loss")
+    # With mini-batches the loss over every row is evaluated every eval_every steps only.
+    train = history.dropna(subset=["train_loss"])
+    train_loss = train["train_loss"].to_numpy(dtype=float)
+    ax.plot(
+        train["step"].to_numpy(),
+        np.where(train_loss > 0, train_loss, np.nan),
+        color="C0",
+        lw=1.5,
+        label="training loss",
+    )
     test = history.dropna(subset=["test_loss"])
     if not test.empty:
         ax.plot(
@@ -131,15 +151,15 @@ def _fig_loss(history: pd.DataFrame, metrics: TrainMetrics) -> tuple[bytes, str]
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")
     caption = (
-        f"Loss at theta_k. Final: training {metrics.train_loss:.4g}, test "
-        f"{metrics.test_loss:.4g}."
+        f"Loss at theta_k. Final: training {metrics.train_loss:.4g}, test {metrics.test_loss:.4g}."
     )
     return figure_png(fig), caption
 
 
 def _fig_accuracy(history: pd.DataFrame, metrics: TrainMetrics) -> tuple[bytes, str]:
     fig, ax = _figure()
-    ax.plot(history["step"], history["train_accuracy"], color="C0", label="training accuracy")
+    train = history.dropna(subset=["train_accuracy"])
+    ax.plot(train["step"], train["train_accuracy"], color="C0", label="training accuracy")
     test = history.dropna(subset=["test_accuracy"])
     if not test.empty:
         ax.plot(test["step"], test["test_accuracy"], color="C1", label="test accuracy")
@@ -324,7 +344,7 @@ def _render(
         (
             "training",
             f"{record.training.algorithm}, {record.training.steps} steps"
-            + (f", batch size {config.batch_size}" if config.batch_size else ""),
+            + (f", batch size {record.training.batch_size}" if record.training.batch_size else ""),
         ),
         ("seed", record.seeds.seed),
     ]
@@ -399,5 +419,3 @@ def _render(
             *blocks,
         ],
     )
-
-

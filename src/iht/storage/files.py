@@ -103,7 +103,9 @@ def make_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StoreError(f"cannot create the directory {directory}: {exc.strerror or exc}") from None
+        raise StoreError(
+            f"cannot create the directory {directory}: {exc.strerror or exc}"
+        ) from None
 
 
 def move_aside(directory: Path, entries: list[Path] | None = None) -> Path | None:

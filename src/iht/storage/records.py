@@ -72,7 +72,10 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
         for name, field in fields.items():
             if name in value:
                 values[name] = _convert(hints[name], value[name], f"{where}.{name}")
-            elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            elif (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            ):
                 raise InvalidValueError(f"{where}: missing field {name}")
         return kind(**values)
     if origin in (typing.Union, types.UnionType):
@@ -94,7 +97,10 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise _wrong(where, value, f"a list of {len(args)} items")
-            items = [_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))]
+            items = [
+                _convert(a, v, f"{where}[{i}]")
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            ]
         else:
             item = args[0] if args else Any
             items = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]

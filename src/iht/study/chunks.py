@@ -87,7 +87,10 @@ def run_chunk(
     s_eff = P if sparsity is None else sparsity
 
     theta_init = torch.cat(
-        [linear_init(1, N_FEATURES, N_CLASSES, generator=generator(spec.init_seed)) for spec in specs]
+        [
+            linear_init(1, N_FEATURES, N_CLASSES, generator=generator(spec.init_seed))
+            for spec in specs
+        ]
     )
     if sparsity is not None:
         masks = torch.stack(
@@ -179,7 +182,11 @@ def _train_numba(
 
     pairs = [
         draw_pairs(
-            init_fn, sparsity=s_eff, size=P, n_samples=config.n_monte, generator=generator(spec.mc_seed)
+            init_fn,
+            sparsity=s_eff,
+            size=P,
+            n_samples=config.n_monte,
+            generator=generator(spec.mc_seed),
         )
         for spec in specs
     ]
@@ -238,5 +245,3 @@ def _estimate(
         return problem.loss_and_grad(theta.to(problem.dtype), rows)[1].double()
 
     return ratios_to_estimate(lipschitz_ratios(grad_fn, sparse, perturbed), s)
-
-

@@ -41,7 +41,9 @@ def run_one_faithful(
     model = nn.Linear(N_FEATURES, N_CLASSES).to(dtype)
     params = list(model.parameters())
     with torch.no_grad():
-        unflatten_(linear_init(1, N_FEATURES, N_CLASSES, generator=generator(spec.init_seed))[0], params)
+        unflatten_(
+            linear_init(1, N_FEATURES, N_CLASSES, generator=generator(spec.init_seed))[0], params
+        )
     sparsity = None if spec.kind == DENSE else spec.sparsity
     if sparsity is not None:
         sparse_init_(params, sparsity, generator=generator(spec.support_seed))
