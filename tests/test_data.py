@@ -54,7 +54,34 @@ def test_load_dataset_picks_builtin_or_csv(tmp_path: Path) -> None:
         load_dataset(str(path))
     with pytest.raises(DataError, match=r"no such file 'nope\.csv'.*iris, wine"):
         load_dataset("nope.csv", target="y")
-    assert set(BUILTIN_DATASETS) == {"iris", "wine", "breast_cancer", "digits"}
+    assert set(BUILTIN_DATASETS) == {"iris", "wine", "breast_cancer", "digits", "mnist1d"}
+
+
+def test_mnist1d_is_generated_offline_cached_and_leaves_the_global_rngs_alone(
+    tmp_path: Path,
+) -> None:
+    import random
+
+    import numpy as np
+
+    from iht.data import load_mnist1d
+
+    random.seed(7)
+    np.random.seed(7)
+    expected = (random.random(), np.random.rand())
+    random.seed(7)
+    np.random.seed(7)
+    first = load_mnist1d(cache=tmp_path)
+    assert (random.random(), np.random.rand()) == expected  # mnist1d seeds them globally
+    assert first.X.shape == (5000, 40) and first.input_shape == (1, 40)
+    assert first.split is not None and len(first.split[0]) == 4000 and len(first.split[1]) == 1000
+    assert sorted(set(first.y.tolist())) == list(range(10))
+    cached = list(tmp_path.glob("mnist1d-*.npz"))
+    assert len(cached) == 1
+    again = load_mnist1d(cache=tmp_path)
+    assert np.array_equal(again.X, first.X) and np.array_equal(again.y, first.y)
+    cached[0].write_bytes(b"not an npz file")  # a damaged cache is made again, not trusted
+    assert np.array_equal(load_mnist1d(cache=tmp_path).X, first.X)
 
 
 # -- CSV: what is accepted --------------------------------------------------------------
