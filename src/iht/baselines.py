@@ -1,19 +1,14 @@
-r"""The sparsification methods IHT is compared with, as full-batch training loops.
+r"""The pieces of the sparsification methods IHT is compared with.
 
-Each loop trains a model in place on a loss closure ``loss_fn(model)`` (the full training
-loss f, one evaluation per gradient step), with plain gradient steps of size ``lr``:
-
-- :func:`gradient_descent_`: GD (Alg. 2); with ``l1`` > 0, proximal gradient on
-  f(theta) + l1 ||theta||_1 (ISTA: a gradient step, then soft thresholding by lr * l1); with
-  ``masks``, every step is followed by the masks (masked fine-tuning);
 - :func:`prune_global_`: one-shot global magnitude pruning with
   ``torch.nn.utils.prune.global_unstructured`` over every weight **and bias**;
 - :func:`magnitude_masks`: the masks of H_s over all parameters (keep the s largest);
-- :func:`gmp_train_`: gradual magnitude pruning (Zhu & Gupta 2017) on the cubic schedule of
-  :func:`gmp_sparsity` at the steps of a :class:`GmpPlan`, then the final mask fixed;
-- :func:`iht_train_`: IHT itself, for the same loop shape.
+- :class:`GmpPlan`, :func:`gmp_plan`, :func:`gmp_sparsity`, :func:`kept_count`: gradual
+  magnitude pruning's cubic schedule (Zhu & Gupta 2017);
+- :func:`rigl_mask`, :func:`rigl_fraction`: RigL's drop-and-grow (Evci et al. 2020).
 
-``iht compare`` (:mod:`iht.experiments.compare`) runs them side by side with equal budgets.
+``iht compare`` (:mod:`iht.experiments.compare`) trains every method in one loop with any
+base optimizer, each with its own policy around the step, at equal budgets.
 """
 
 from __future__ import annotations
@@ -24,11 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.nn.utils import prune
 
 from .errors import InvalidValueError
-from .optim import IHT
 from .threshold import flatten, split_like, threshold_mask
 
 __all__ = [
@@ -36,13 +29,13 @@ __all__ = [
     "LossClosure",
     "gmp_plan",
     "gmp_sparsity",
-    "gmp_train_",
-    "gradient_descent_",
-    "iht_train_",
+    "kept_count",
     "magnitude_masks",
     "nonzeros",
     "parameter_slots",
     "prune_global_",
+    "rigl_fraction",
+    "rigl_mask",
 ]
 
 #: The full training loss as a function of the model (evaluated once per gradient step).
@@ -110,7 +103,7 @@ def gmp_sparsity(t: int, *, initial: float, final: float, t0: int, dt: int, n: i
     return final + (initial - final) * (1 - k / n) ** 3
 
 
-def _kept(sparsity: float, size: int, s: int) -> int:
+def kept_count(sparsity: float, size: int, s: int) -> int:
     """Entries kept at a pruned fraction: P - round(fraction * P), within s..P."""
     return min(size, max(s, size - round(sparsity * size)))
 
@@ -130,72 +123,9 @@ def nonzeros(model: nn.Module) -> int:
     return sum(int(torch.count_nonzero(p)) for p in model.parameters())
 
 
-def gradient_descent_(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module], Tensor],
-    *,
-    lr: float,
-    steps: int,
-    masks: Sequence[Tensor] | None = None,
-    l1: float = 0.0,
-) -> None:
-    """``steps`` GD steps; then soft thresholding by lr * l1 (ISTA) and the masks, if any."""
-    params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=lr, foreach=True)
-    shrink = lr * l1
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model).backward()
-        opt.step()
-        if shrink > 0 or masks is not None:
-            with torch.no_grad():
-                for i, p in enumerate(params):
-                    if shrink > 0:
-                        p.copy_(F.softshrink(p, shrink))
-                    if masks is not None:
-                        p.mul_(masks[i])
-
-
 def _split_mask(mask: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
     """A flat bool mask as one float mask per parameter (multiplied in after each step)."""
     return [part.to(p.dtype) for part, p in zip(split_like(mask, params), params, strict=True)]
-
-
-def gmp_train_(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module], Tensor],
-    *,
-    lr: float,
-    steps: int,
-    s: int,
-    plan: GmpPlan,
-) -> None:
-    """GD with the cubic pruning schedule of :func:`gmp_sparsity`, then the mask fixed."""
-    params = list(model.parameters())
-    size = sum(p.numel() for p in params)
-    final = 1 - s / size
-    opt = torch.optim.SGD(params, lr=lr, foreach=True)
-    keep = torch.ones(size, dtype=torch.bool)
-    masks: list[Tensor] | None = None
-    for t in range(steps):
-        if plan.prunes_at(t):
-            k = _kept(
-                gmp_sparsity(t, initial=0.0, final=final, t0=plan.t0, dt=plan.dt, n=plan.n), size, s
-            )
-            with torch.no_grad():
-                # Pruned entries are exactly 0, so the k largest magnitudes lie among the
-                # unpruned ones; "& keep" makes sure a pruned entry never returns.
-                keep = keep & threshold_mask(flatten(p.detach() for p in params), k)
-                masks = _split_mask(keep, params)
-                for p, m in zip(params, masks, strict=True):
-                    p.mul_(m)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model).backward()
-        opt.step()
-        if masks is not None:
-            with torch.no_grad():
-                for p, m in zip(params, masks, strict=True):
-                    p.mul_(m)
 
 
 def prune_global_(model: nn.Module, s: int) -> list[tuple[nn.Module, str]]:
@@ -215,19 +145,37 @@ def prune_global_(model: nn.Module, s: int) -> list[tuple[nn.Module, str]]:
     return slots
 
 
-def iht_train_(
-    model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], *, lr: float, steps: int, s: int
-) -> None:
-    """``steps`` full-batch :class:`iht.IHT` steps with one global budget s."""
-    opt = IHT(model.parameters(), lr=lr, sparsity=s)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model).backward()
-        opt.step()
-
-
 def magnitude_masks(model: nn.Module, s: int) -> list[Tensor]:
     """One float mask per parameter: 1 on the s largest magnitudes over all of them (H_s's
     choice, ties to the smaller flat index), 0 elsewhere."""
     params = list(model.parameters())
     return _split_mask(threshold_mask(flatten(p.detach() for p in params), s), params)
+
+
+def rigl_fraction(step: int, *, fraction: float, end: int) -> float:
+    """RigL's drop-and-grow fraction at ``step``: cosine decay from ``fraction`` to 0 at ``end``."""
+    if step >= end:
+        return 0.0
+    return fraction / 2 * (1 + math.cos(math.pi * step / end))
+
+
+def rigl_mask(weights: Tensor, grads: Tensor, active: Tensor, k: int) -> Tensor:
+    """One RigL connectivity update of a flat pool (Evci et al. 2020), exactly, ties to the
+    smaller index: drop the ``k`` active entries of smallest |w|, then grow the ``k`` entries
+    of largest |grad| among those inactive before the drop (a dropped entry does not return at
+    once). The number of active entries is unchanged.
+
+    Args:
+        weights, grads: the pool's flat weights and dense gradient.
+        active: its flat bool mask.
+        k: how many connections to drop and grow (at most the active and the inactive count).
+    """
+    on = active.nonzero().squeeze(1)
+    off = (~active).nonzero().squeeze(1)
+    k = max(0, min(k, on.numel(), off.numel()))
+    if k == 0:
+        return active.clone()
+    new = torch.zeros_like(active)
+    new[on[threshold_mask(weights[on], on.numel() - k)]] = True
+    new[off[threshold_mask(grads[off], k)]] = True
+    return new

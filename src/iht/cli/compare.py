@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from ..errors import InvalidValueError
-from ..experiments.config import METHODS, CompareConfig, parse_methods
+from ..experiments.config import DTYPES, METHODS, OPTIMIZERS, CompareConfig, parse_methods
+from ..models import MODELS
+from ..schedules import SCHEDULES
 from .options import (
     activation_option,
     config_option,
@@ -69,6 +71,40 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 )
 @n_monte_option(CompareConfig)
 @test_fraction_option(CompareConfig)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["gd", *OPTIMIZERS[1:]]),
+    default=default_of(CompareConfig, "optimizer"),
+    show_default=True,
+    help="Every method's base optimizer: gd (plain gradient steps, 1/L_hat and 1/L_hat_2s "
+    "unless --lr), sgd, momentum, adam, adamw (one --lr for every method; default 0.05 for "
+    "momentum, 0.01 for adam and adamw).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Rows per step; every method sees the same batches.  [default: full batch]",
+)
+@click.option(
+    "--model",
+    type=click.Choice(MODELS),
+    default=default_of(CompareConfig, "model"),
+    show_default=True,
+    help="mlp (linear without --hidden) or cnn (mnist1d, digits).",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    help="IHT's budget schedule.  [default: constant for gd and sgd, cubic otherwise]",
+)
+@config_option(CompareConfig, "dtype", click.Choice(DTYPES), "The models' precision.")
+@click.option(
+    "--validation",
+    "validation_fraction",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    help="Score on a validation split of this share of the training rows (to choose "
+    "hyperparameters); the test rows are not used.",
+)
 @threads_option(CompareConfig)
 @out_option("results/compare-DATA")
 @overwrite_option("Move an earlier comparison in --out aside (to DIR/replaced-TIMESTAMP/).")
@@ -77,10 +113,10 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 def compare_command(
     out: Path | None, overwrite: bool, no_report: bool, no_progress: bool, **settings: object
 ) -> None:
-    """Compare dense GD, one-shot pruning, gradual pruning, L1 and IHT at budgets s.
+    """Compare dense training, one-shot pruning, gradual pruning, L1, RigL and IHT at budgets s.
 
-    Every method gets the same number of full-batch gradient steps on the same split and
-    initialisation; prints a table (median [min, max] over seeds) and writes
+    Every method gets the same base optimizer, the same number of steps on the same batches,
+    split and initialisation; prints a table (median [min, max] over seeds) and writes
     results.parquet, config.json and compare.html to --out.
     """
     from ..budget import parse_sparsity_list

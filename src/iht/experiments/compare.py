@@ -70,7 +70,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,19 +86,23 @@ from .. import __version__
 from ..baselines import (
     GmpPlan,
     gmp_plan,
-    gmp_train_,
-    gradient_descent_,
-    iht_train_,
+    gmp_sparsity,
+    kept_count,
     magnitude_masks,
     nonzeros,
     prune_global_,
+    rigl_fraction,
+    rigl_mask,
 )
-from ..budget import parse_sparsity_list
+from ..budget import Budget, parse_sparsity_list, plan_budget
 from ..data import Dataset, load_dataset, n_test_rows, random_split, standardise
 from ..errors import NonFiniteError
 from ..init import reset_parameters_, sparse_init_
 from ..lipschitz import estimate_l2s
 from ..models import build_model
+from ..optim import IHT
+from ..schedules import schedule_named
+from ..sparse_optimizer import SparseOptimizer
 from ..storage.files import (
     atomic_write_bytes,
     check_output_dir,
@@ -109,7 +113,8 @@ from ..storage.files import (
     write_json,
 )
 from ..storage.records import from_dict, reading_stored, to_dict
-from .config import METHODS, CompareConfig
+from ..threshold import flatten, split_like, threshold_mask
+from .config import DEFAULT_LR, METHODS, CompareConfig
 from .progress import run_bar
 from .threads import torch_threads
 
@@ -126,7 +131,7 @@ __all__ = [
 OUTPUT_FILES = ("results.parquet", "config.json")
 
 # Purposes of the seeds derived from a run's seed (see _seed).
-_SPLIT, _INIT, _L2S, _SUPPORT = 0, 1, 2, 3
+_SPLIT, _INIT, _L2S, _SUPPORT, _SHUFFLE, _VALIDATION = 0, 1, 2, 3, 4, 5
 
 
 def _seed(seed: int, *path: int) -> int:
@@ -138,19 +143,48 @@ def _generator(seed: int, *path: int) -> torch.Generator:
 
 
 class _Problem:
-    """One seed's standardised split, and a gradient-evaluation counter factory."""
+    """One seed's standardised split (its test rows, or a validation split carved from its
+    training rows), its batches, and a gradient-evaluation counter."""
 
-    def __init__(self, dataset: Dataset, *, seed: int, test_fraction: float) -> None:
+    def __init__(
+        self, dataset: Dataset, config: CompareConfig, seed: int, dtype: torch.dtype
+    ) -> None:
         n = len(dataset.y)
-        n_test = n_test_rows(n, test_fraction)
-        train, test = random_split(n, n - n_test, seed=_seed(seed, _SPLIT))
-        X = torch.from_numpy(standardise(dataset.X, train))
+        if dataset.split is not None:  # the data set's own split (MNIST-1D's 4,000 / 1,000)
+            train, test = dataset.split
+        else:
+            n_test = n_test_rows(n, config.test_fraction)
+            train, test = random_split(n, n - n_test, seed=_seed(seed, _SPLIT))
+        if config.validation_fraction is not None:
+            # Hyperparameters are chosen on rows carved from the training rows, never the test.
+            n_val = n_test_rows(len(train), config.validation_fraction)
+            order = torch.randperm(len(train), generator=_generator(seed, _VALIDATION)).numpy()
+            train, test = np.sort(train[order[n_val:]]), np.sort(train[order[:n_val]])
+        X = torch.from_numpy(standardise(dataset.X, train)).to(dtype)
         y = torch.from_numpy(dataset.y)
         self.X_train, self.y_train = X[train], y[train]
         self.X_test, self.y_test = X[test], y[test]
+        self.batch_size, self.seed = config.batch_size, seed
+        self.count = 0
 
-    def counter(self) -> _LossCounter:
-        return _LossCounter(self.X_train, self.y_train)
+    def loss(self, model: nn.Module, rows: Tensor | None = None) -> Tensor:
+        """The training loss on ``rows`` (all rows when None), counting the evaluation."""
+        self.count += 1
+        if rows is None:
+            return F.cross_entropy(model(self.X_train), self.y_train)
+        return F.cross_entropy(model(self.X_train[rows]), self.y_train[rows])
+
+    def batches(self) -> Iterator[Tensor | None]:
+        """Every method's batches of this seed, the same sequence for each (None: all rows)."""
+        n = len(self.y_train)
+        if self.batch_size is None or self.batch_size >= n:
+            while True:
+                yield None
+        gen = _generator(self.seed, _SHUFFLE)
+        while True:
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, self.batch_size):
+                yield order[start : start + self.batch_size].sort().values
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -165,24 +199,248 @@ class _Problem:
         return metrics
 
 
-class _LossCounter:
-    """The full training loss f(model), counting its evaluations (one per gradient step)."""
+class _Policy:
+    """What a method does around each step of the shared loop (the default: nothing)."""
 
-    def __init__(self, X: Tensor, y: Tensor) -> None:
-        self.X, self.y, self.count = X, y, 0
+    def before_step(self, t: int) -> None:
+        """Before the gradient of step t (GMP's and one-shot pruning)."""
 
-    def __call__(self, model: nn.Module) -> Tensor:
-        self.count += 1
-        return F.cross_entropy(model(self.X), self.y)
+    def before_update(self, t: int) -> None:
+        """After the gradient of step t, before the optimizer's update (RigL)."""
+
+    def after_update(self, t: int) -> None:
+        """After the optimizer's update (masks, soft thresholding)."""
+
+    def finish(self) -> None:
+        """After the last step."""
+
+
+class _Masked(_Policy):
+    """Keep a model's parameters (and its optimizer's state) on a set of masks."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.params = list(model.parameters())
+        self.optimizer = optimizer
+        self.masks: list[Tensor] | None = None
+
+    def apply(self) -> None:
+        if self.masks is None:
+            return
+        with torch.no_grad():
+            for p, mask in zip(self.params, self.masks, strict=True):
+                p.mul_(mask)
+                for name, value in self.optimizer.state.get(p, {}).items():
+                    if name != "step" and isinstance(value, Tensor) and value.shape == p.shape:
+                        value.mul_(mask)
+
+    def after_update(self, t: int) -> None:
+        self.apply()
+
+
+class _Gmp(_Masked):
+    """Gradual magnitude pruning on the cubic schedule (a pruned entry never returns)."""
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, s: int, plan: GmpPlan
+    ) -> None:
+        super().__init__(model, optimizer)
+        self.s, self.plan = s, plan
+        self.size = sum(p.numel() for p in self.params)
+        self.keep = torch.ones(self.size, dtype=torch.bool)
+
+    def before_step(self, t: int) -> None:
+        if not self.plan.prunes_at(t):
+            return
+        final = 1 - self.s / self.size
+        k = kept_count(
+            gmp_sparsity(
+                t, initial=0.0, final=final, t0=self.plan.t0, dt=self.plan.dt, n=self.plan.n
+            ),
+            self.size,
+            self.s,
+        )
+        with torch.no_grad():
+            # Pruned entries are exactly 0, so the k largest magnitudes lie among the unpruned
+            # ones; "& keep" makes sure a pruned entry never returns.
+            self.keep = self.keep & threshold_mask(flatten(p.detach() for p in self.params), k)
+            self.masks = [
+                m.to(p.dtype)
+                for m, p in zip(split_like(self.keep, self.params), self.params, strict=True)
+            ]
+        self.apply()
+
+
+class _OneShot(_Policy):
+    """Dense until ``at``, then ``torch.nn.utils.prune.global_unstructured`` to s, fine-tuned."""
+
+    def __init__(self, model: nn.Module, s: int, at: int) -> None:
+        self.model, self.s, self.at = model, s, at
+        self.slots: list[tuple[nn.Module, str]] = []
+
+    def before_step(self, t: int) -> None:
+        if t == self.at:
+            self.slots = prune_global_(self.model, self.s)
+
+    def finish(self) -> None:
+        for module, name in self.slots:
+            prune.remove(module, name)
+
+
+class _L1(_Masked):
+    """Proximal L1 (soft thresholding by lr * lambda after each step) until ``at``; then keep
+    the s largest magnitudes and fine-tune on that mask."""
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, s: int, at: int, shrink: float
+    ) -> None:
+        super().__init__(model, optimizer)
+        self.model, self.s, self.at, self.shrink = model, s, at, shrink
+        self.before_prune = -1
+
+    def before_step(self, t: int) -> None:
+        if t == self.at:
+            self.before_prune = nonzeros(self.model)
+            self.masks = magnitude_masks(self.model, self.s)
+            self.apply()
+
+    def after_update(self, t: int) -> None:
+        if t < self.at and self.shrink > 0:
+            with torch.no_grad():
+                for p in self.params:
+                    p.copy_(F.softshrink(p, self.shrink))
+        self.apply()
+
+
+class _RigL(_Masked):
+    """RigL (Evci et al. 2020): an ERK-allocated random sparse start; every ``every`` steps
+    until ``end``, each layer drops its smallest weights and grows the same number where the
+    dense gradient is largest (grown weights start at 0, their optimizer state zeroed);
+    the gradients off the mask are not applied."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        budget: Budget,
+        config: CompareConfig,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__(model, optimizer)
+        named = dict(model.named_parameters())
+        self.pools = [[named[n] for n in pool.params] for pool in budget.pools]
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self.pool_index = [[index[id(p)] for p in pool] for pool in self.pools]
+        budget.sparse_init_(model, generator=generator)
+        with torch.no_grad():  # the random support drawn (default inits have no exact zeros)
+            self.masks = [(p != 0).to(p.dtype) for p in self.params]
+        self.every, self.fraction = config.rigl_every, config.rigl_fraction
+        self.end = int(config.rigl_end * config.steps)
+
+    def before_update(self, t: int) -> None:
+        with torch.no_grad():
+            if t > 0 and t % self.every == 0 and t < self.end:
+                fraction = rigl_fraction(t, fraction=self.fraction, end=self.end)
+                for pool in self.pool_index:
+                    tensors = [self.params[i] for i in pool]
+                    masks = [self.masks[i] > 0 for i in pool]  # type: ignore[index]
+                    active = flatten(masks)
+                    k = int(fraction * int(active.sum()))
+                    grads = flatten(
+                        torch.zeros_like(p) if p.grad is None else p.grad for p in tensors
+                    )
+                    new = rigl_mask(flatten(p.detach() for p in tensors), grads, active, k)
+                    for i, part, p in zip(pool, split_like(new, tensors), tensors, strict=True):
+                        grown = part & ~(self.masks[i] > 0)  # type: ignore[index]
+                        p.masked_fill_(grown, 0.0)  # a grown connection starts at 0
+                        for name, value in self.optimizer.state.get(p, {}).items():
+                            if (
+                                name != "step"
+                                and isinstance(value, Tensor)
+                                and value.shape == p.shape
+                            ):
+                                value.masked_fill_(grown, 0.0)
+                        self.masks[i] = part.to(p.dtype)  # type: ignore[index]
+            for p, mask in zip(self.params, self.masks, strict=True):  # type: ignore[arg-type]
+                if p.grad is not None:
+                    p.grad.mul_(mask)  # only the active connections are trained
 
 
 @dataclass
 class _Trained:
-    """A trained (or pre-trained) model with its cost so far."""
+    """A trained model with its cost."""
 
     model: nn.Module
     grad_evals: int
     seconds: float
+    l1_nonzeros: int = -1
+
+
+def _base_optimizer(
+    config: CompareConfig, params: Sequence[Tensor], lr: float
+) -> torch.optim.Optimizer:
+    """Every method's base optimizer (gd: plain gradient steps)."""
+    if config.optimizer in ("gd", "sgd"):
+        return torch.optim.SGD(params, lr=lr, foreach=True)
+    if config.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=True)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.AdamW(params, lr=lr)
+
+
+def _train_method(
+    method: str,
+    s: int,
+    model0: nn.Module,
+    problem: _Problem,
+    config: CompareConfig,
+    lr: float,
+    plan: GmpPlan,
+) -> _Trained:
+    """One method at budget s from ``model0``: the shared loop with the method's policy."""
+    model = copy.deepcopy(model0)
+    params = list(model.parameters())
+    steps, pre = config.steps, config.pretrain_steps
+    if method == "iht":
+        schedule = config.iht_schedule
+        if schedule == "constant":  # the paper's start: a random support of size s
+            sparse_init_(params, s, generator=_generator(problem.seed, _SUPPORT, s))
+        if config.optimizer == "gd":
+            optimizer: torch.optim.Optimizer = IHT(params, lr=lr, sparsity=s)
+        else:
+            optimizer = SparseOptimizer(
+                _base_optimizer(config, params, lr),
+                sparsity=s,
+                schedule=schedule_named(schedule, steps),
+            )
+        policy: _Policy = _Policy()
+    else:
+        optimizer = _base_optimizer(config, params, lr)
+        if method == "dense":
+            policy = _Policy()
+        elif method == "oneshot":
+            policy = _OneShot(model, s, pre)
+        elif method == "gmp":
+            policy = _Gmp(model, optimizer, s, plan)
+        elif method == "l1":
+            policy = _L1(model, optimizer, s, pre, lr * config.l1)
+        else:
+            budget = plan_budget(model, s, allocation="erk")
+            policy = _RigL(model, optimizer, budget, config, _generator(problem.seed, _SUPPORT, s))
+    problem.count = 0
+    batches = problem.batches()
+    start = time.perf_counter()
+    for t in range(steps):
+        policy.before_step(t)
+        optimizer.zero_grad(set_to_none=True)
+        problem.loss(model, next(batches)).backward()
+        policy.before_update(t)
+        optimizer.step()
+        policy.after_update(t)
+    policy.finish()
+    seconds = time.perf_counter() - start
+    l1_nonzeros = policy.before_prune if isinstance(policy, _L1) else -1
+    return _Trained(model, problem.count, seconds, l1_nonzeros)
 
 
 def _run_seed(
@@ -192,20 +450,40 @@ def _run_seed(
     seed: int,
     report: Callable[[int], None],
 ) -> list[dict[str, Any]]:
-    problem = _Problem(dataset, seed=seed, test_fraction=config.test_fraction)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    problem = _Problem(dataset, config, seed, dtype)
     model0 = build_model(
-        dataset.n_features, dataset.n_classes, config.hidden, activation=config.activation
-    ).to(torch.float64)
+        dataset.n_features,
+        dataset.n_classes,
+        config.hidden,
+        activation=config.activation,
+        kind=config.model,
+        input_shape=dataset.input_shape,
+    ).to(dtype)
     reset_parameters_(model0, generator=_generator(seed, _INIT))
     size = sum(p.numel() for p in model0.parameters())
-    steps, pre = config.steps, config.pretrain_steps
-    fine = steps - pre
-    methods = set(config.methods)
+    plan = gmp_plan(
+        config.steps, start=config.gmp_start, end=config.gmp_end, events=config.gmp_events
+    )
     rows: list[dict[str, Any]] = []
 
-    def row(
-        method: str, s: int, done: _Trained, *, lr: float, est: tuple[float, int], **extra: Any
-    ) -> None:
+    def step_size(s: int | None) -> tuple[float, tuple[float, int]]:
+        if config.lr is not None:
+            return config.lr, (0.0, 0)
+        if config.optimizer not in ("gd", "sgd"):
+            return DEFAULT_LR[config.optimizer], (0.0, 0)
+        problem.count = 0
+        start = time.perf_counter()
+        est = estimate_l2s(
+            model0,
+            problem.loss,
+            sparsity=s,
+            n_samples=config.n_monte,
+            generator=_generator(seed, _L2S, 0 if s is None else s),
+        )
+        return est.lr, (time.perf_counter() - start, problem.count)
+
+    def row(method: str, s: int, done: _Trained, lr: float, est: tuple[float, int]) -> None:
         model = done.model
         count = nonzeros(model)
         if method != "dense" and count > s:  # an invariant, checked on every run
@@ -225,117 +503,31 @@ def _run_seed(
                 "n_train": len(problem.y_train),
                 "n_test": len(problem.y_test),
                 "lr": lr,
-                "steps": steps,
+                "steps": config.steps,
                 "grad_evals": done.grad_evals,
                 "estimate_grad_evals": est[1],
                 **metrics,
                 "nonzeros": count,
                 "seconds": done.seconds,
                 "estimate_seconds": est[0],
-                "l1_nonzeros": extra.get("l1_nonzeros", -1),
+                "l1_nonzeros": done.l1_nonzeros,
             }
         )
 
-    def step_size(s: int | None) -> tuple[float, tuple[float, int]]:
-        if config.lr is not None:
-            return config.lr, (0.0, 0)
-        counter = problem.counter()
-        start = time.perf_counter()
-        est = estimate_l2s(
-            model0,
-            counter,
-            sparsity=s,
-            n_samples=config.n_monte,
-            generator=_generator(seed, _L2S, 0 if s is None else s),
-        )
-        return est.lr, (time.perf_counter() - start, counter.count)
-
-    def train(
-        start: nn.Module,
-        fn: Callable[[nn.Module, _LossCounter], None],
-        before: _Trained | None = None,
-    ) -> _Trained:
-        model = copy.deepcopy(start)
-        counter = problem.counter()
-        t = time.perf_counter()
-        fn(model, counter)
-        seconds = time.perf_counter() - t
-        if before is not None:
-            return _Trained(model, before.grad_evals + counter.count, before.seconds + seconds)
-        return _Trained(model, counter.count, seconds)
-
+    methods = [m for m in METHODS if m in config.methods]
     # The dense network's step size serves every method but IHT.
-    dense_lr, dense_est = step_size(None) if methods - {"iht"} else (math.nan, (0.0, 0))
-
-    # Dense GD; its state after `pre` steps is the one-shot method's pre-training.
-    pretrained: _Trained | None = None
-    if methods & {"dense", "oneshot"}:
-        pretrained = train(model0, lambda m, f: gradient_descent_(m, f, lr=dense_lr, steps=pre))
-    if "dense" in methods:
-        assert pretrained is not None
-        dense = train(
-            pretrained.model,
-            lambda m, f: gradient_descent_(m, f, lr=dense_lr, steps=fine),
-            pretrained,
-        )
+    dense_lr, dense_est = step_size(None) if set(methods) - {"iht"} else (math.nan, (0.0, 0))
+    if "dense" in methods:  # it does not depend on s: trained once, a row for every s
+        dense = _train_method("dense", size, model0, problem, config, dense_lr, plan)
         for s in levels:
-            row("dense", s, dense, lr=dense_lr, est=dense_est)
+            row("dense", s, dense, dense_lr, dense_est)
         report(len(levels))
-
-    l1_pre: _Trained | None = None
-    if "l1" in methods:
-        l1_pre = train(
-            model0, lambda m, f: gradient_descent_(m, f, lr=dense_lr, steps=pre, l1=config.l1)
-        )
-    plan = gmp_plan(steps, start=config.gmp_start, end=config.gmp_end, events=config.gmp_events)
-
     for s in levels:
-        if "oneshot" in methods:
-            assert pretrained is not None
-
-            def oneshot(m: nn.Module, f: _LossCounter, s: int = s) -> None:
-                slots = prune_global_(m, s)
-                gradient_descent_(m, f, lr=dense_lr, steps=fine)
-                for module, name in slots:
-                    prune.remove(module, name)
-
-            row(
-                "oneshot",
-                s,
-                train(pretrained.model, oneshot, pretrained),
-                lr=dense_lr,
-                est=dense_est,
-            )
-            report(1)
-        if "gmp" in methods:
-
-            def gmp(m: nn.Module, f: _LossCounter, s: int = s) -> None:
-                gmp_train_(m, f, lr=dense_lr, steps=steps, s=s, plan=plan)
-
-            row("gmp", s, train(model0, gmp), lr=dense_lr, est=dense_est)
-            report(1)
-        if "l1" in methods:
-            assert l1_pre is not None
-            before_prune = nonzeros(l1_pre.model)
-
-            def l1_finetune(m: nn.Module, f: _LossCounter, s: int = s) -> None:
-                masks = magnitude_masks(m, s)
-                with torch.no_grad():
-                    for p, mask in zip(m.parameters(), masks, strict=True):
-                        p.mul_(mask)
-                gradient_descent_(m, f, lr=dense_lr, steps=fine, masks=masks)
-
-            done = train(l1_pre.model, l1_finetune, l1_pre)
-            row("l1", s, done, lr=dense_lr, est=dense_est, l1_nonzeros=before_prune)
-            report(1)
-        if "iht" in methods:
-            lr_s, est_s = step_size(s)
-
-            def iht_run(m: nn.Module, f: _LossCounter, s: int = s, lr_s: float = lr_s) -> None:
-                sparse_init_(m.parameters(), s, generator=_generator(seed, _SUPPORT, s))
-                iht_train_(m, f, lr=lr_s, steps=steps, s=s)
-
-            row("iht", s, train(model0, iht_run), lr=lr_s, est=est_s)
+        for method in methods:
+            if method == "dense":
+                continue
+            lr, est = step_size(s) if method == "iht" else (dense_lr, dense_est)
+            row(method, s, _train_method(method, s, model0, problem, config, lr, plan), lr, est)
             report(1)
     return rows
 

@@ -41,13 +41,14 @@ DEFAULT_STEPS = 2000
 #: The precisions a model can be trained in.
 DTYPES = ("float32", "float64")
 #: The methods, in table order; all but ``dense`` end with at most s nonzeros.
-METHODS: tuple[str, ...] = ("dense", "oneshot", "gmp", "l1", "iht")
+METHODS: tuple[str, ...] = ("dense", "oneshot", "gmp", "l1", "rigl", "iht")
 SPARSE_METHODS: tuple[str, ...] = METHODS[1:]
 LABELS = {
     "dense": "dense (GD)",
     "oneshot": "one-shot prune + fine-tune",
     "gmp": "gradual magnitude pruning",
     "l1": "L1 + prune + fine-tune",
+    "rigl": "RigL (drop and grow)",
     "iht": "IHT",
 }
 
@@ -201,6 +202,19 @@ class CompareConfig:
             ``steps * gmp_end`` (then fine-tuning with the mask fixed).
         gmp_events: about how many pruning events the GMP schedule has.
         threads: torch CPU threads while training (None: leave torch's setting alone).
+        optimizer: the base optimizer of every method: ``gd`` (plain gradient steps, the
+            default: 1 / L_hat for the dense network's methods, 1 / L_hat_2s for IHT, as the
+            paper), or ``sgd``, ``momentum``, ``adam``, ``adamw`` (one lr for every method).
+        batch_size: rows per step (None: full batch); every method sees the same batches.
+        model: ``mlp`` or ``cnn``.
+        schedule: IHT's budget schedule (None: ``constant`` for gd and sgd, ``cubic`` else).
+        dtype: the models' precision.
+        validation_fraction: when set, the methods are scored on a validation split carved
+            from the training rows (for choosing hyperparameters); the test rows are not
+            touched.
+        rigl_every, rigl_fraction, rigl_end: RigL's mask update every ``rigl_every`` steps,
+            dropping and growing ``rigl_fraction`` (cosine-decayed) of each layer's
+            connections, until ``rigl_end`` of the run.
     """
 
     data: str = "iris"
@@ -220,6 +234,15 @@ class CompareConfig:
     gmp_end: float = 2 / 3
     gmp_events: int = 100
     threads: int | None = 1
+    optimizer: str = "gd"
+    batch_size: int | None = None
+    model: str = "mlp"
+    schedule: str | None = None
+    dtype: str = "float64"
+    validation_fraction: float | None = None
+    rigl_every: int = 100
+    rigl_fraction: float = 0.3
+    rigl_end: float = 0.75
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data.strip():
@@ -252,6 +275,29 @@ class CompareConfig:
             )
         if self.threads is not None and self.threads < 1:
             raise InvalidValueError(f"threads must be an integer >= 1, got {self.threads}")
+        if self.optimizer not in ("gd", *OPTIMIZERS[1:]):
+            raise InvalidValueError(
+                f"optimizer must be one of gd, {', '.join(OPTIMIZERS[1:])}, got {self.optimizer!r}"
+            )
+        if self.model not in MODELS:
+            raise InvalidValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise InvalidValueError(
+                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.dtype not in DTYPES:
+            raise InvalidValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
+        if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
+            raise InvalidValueError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
+        if self.rigl_every < 1 or not 0 < self.rigl_fraction < 1 or not 0 < self.rigl_end <= 1:
+            raise InvalidValueError(
+                "RigL needs rigl_every >= 1, rigl_fraction in (0, 1) and rigl_end in (0, 1], got "
+                f"{self.rigl_every}, {self.rigl_fraction}, {self.rigl_end}"
+            )
         if self.gmp_events < 1:
             raise InvalidValueError(f"gmp_events must be >= 1, got {self.gmp_events}")
         if self.activation not in ACTIVATIONS:
@@ -265,6 +311,13 @@ class CompareConfig:
         if isinstance(self.sparsity, str):
             return self.sparsity
         return ",".join(str(s) for s in self.sparsity)
+
+    @property
+    def iht_schedule(self) -> str:
+        """IHT's budget schedule: as given, else constant for gd and sgd, cubic otherwise."""
+        if self.schedule is not None:
+            return self.schedule
+        return "constant" if self.optimizer in ("gd", "sgd") else "cubic"
 
     @property
     def pretrain_steps(self) -> int:

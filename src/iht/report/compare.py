@@ -118,7 +118,13 @@ def _figure_png(frame: pd.DataFrame) -> bytes:
     levels = sorted(int(s) for s in table["sparsity"] if s > 0)
     log_x = len(levels) > 1 and levels[-1] / levels[0] >= 10
     methods = [m for m in SPARSE_METHODS if m in set(table["method"])]
-    colours = {"oneshot": "#1f77b4", "gmp": "#2ca02c", "l1": "#9467bd", "iht": "#d62728"}
+    colours = {
+        "oneshot": "#1f77b4",
+        "gmp": "#2ca02c",
+        "l1": "#9467bd",
+        "rigl": "#ff7f0e",
+        "iht": "#d62728",
+    }
     for ax, metric, title in zip(
         axes,
         ("test_acc", "train_loss"),
