@@ -395,3 +395,26 @@ def test_rigl_mask_drops_the_smallest_and_grows_the_largest_gradients() -> None:
     assert rigl_fraction(0, fraction=0.3, end=100) == pytest.approx(0.3)
     assert rigl_fraction(50, fraction=0.3, end=100) == pytest.approx(0.15)
     assert rigl_fraction(100, fraction=0.3, end=100) == 0.0
+
+
+def test_a_fraction_of_a_cnn_counts_the_cnn_parameters() -> None:
+    # s = 10% of the model that is trained, not of the MLP the same options would build.
+    config = CompareConfig(
+        data="digits",
+        sparsity="0.1",
+        model="cnn",
+        methods=("iht",),
+        seeds=1,
+        steps=4,
+        optimizer="adam",
+        batch_size=64,
+        dtype="float32",
+    )
+    frame = run_compare(config).frame
+    size = int(frame["n_params"].iloc[0])
+    cnn = iht.models.build_cnn((1, 8, 8), 10)
+    assert size == sum(p.numel() for p in cnn.parameters())
+    assert (
+        int(frame["sparsity"].iloc[0]) == (size + 5) // 10
+        and int(frame["nonzeros"].iloc[0]) <= size // 10 + 1
+    )

@@ -5,6 +5,7 @@ The public API is re-exported here; importing it loads torch and numpy only (the
 kernels, pandas, matplotlib and click load with the parts that use them).
 """
 
+from .budget import Budget, make_budget, plan_budget
 from .certify import Certificate, certify, certify_point
 from .errors import EstimateError, IhtError, NonFiniteError
 from .init import random_support, reset_parameters_, sparse_init_
@@ -19,6 +20,7 @@ __version__ = "0.2.0"
 __all__ = [
     "ACDC",
     "IHT",
+    "Budget",
     "Certificate",
     "Constant",
     "Cubic",
@@ -37,6 +39,8 @@ __all__ = [
     "hard_threshold",
     "iht_step",
     "iht_update",
+    "make_budget",
+    "plan_budget",
     "random_support",
     "reset_parameters_",
     "sparse_init_",

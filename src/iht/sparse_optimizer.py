@@ -231,7 +231,12 @@ class SparseOptimizer(Optimizer):
         if not states:
             return
         tensors = [value for _, value, _ in states]
-        if self.kernel != "torch" and _compiled_applies(tensors, mask):
+        # As for the projection: the compiled pass pays off from COMPILED_MIN_SIZE entries
+        # (below it, launching numba's threads costs more than the pass; 10x at 15k entries).
+        large = self.kernel == "compiled" or (
+            self.kernel == "auto" and mask.numel() >= COMPILED_MIN_SIZE
+        )
+        if large and _compiled_applies(tensors, mask):
             from ._kernels import iht_step as kernels
 
             # One parallel pass per tensor: torch's masked_fill_ is 6x slower here (10M entries).

@@ -583,7 +583,12 @@ class CompareResult:
 def model_size(config: CompareConfig, dataset: Dataset) -> int:
     """P, the parameters of the model ``config`` builds for ``dataset`` (biases counted)."""
     model = build_model(
-        dataset.n_features, dataset.n_classes, config.hidden, activation=config.activation
+        dataset.n_features,
+        dataset.n_classes,
+        config.hidden,
+        activation=config.activation,
+        kind=config.model,
+        input_shape=dataset.input_shape,
     )
     return sum(p.numel() for p in model.parameters())
 
