@@ -414,7 +414,6 @@ def test_a_fraction_of_a_cnn_counts_the_cnn_parameters() -> None:
     size = int(frame["n_params"].iloc[0])
     cnn = iht.models.build_cnn((1, 8, 8), 10)
     assert size == sum(p.numel() for p in cnn.parameters())
-    assert (
-        int(frame["sparsity"].iloc[0]) == (size + 5) // 10
-        and int(frame["nonzeros"].iloc[0]) <= size // 10 + 1
-    )
+    s = int(frame["sparsity"].iloc[0])
+    assert s == (size + 5) // 10  # round half up of 10% of P
+    assert int(frame["nonzeros"].iloc[0]) <= s
