@@ -14,7 +14,13 @@ from hypothesis import given
 from torch import Tensor, nn
 
 import iht
-from iht.certify import DEFAULT_GRAD_TOL, degeneracy, instability_reasons, stability_figures
+from iht.certify import (
+    DEFAULT_GRAD_TOL,
+    constant_output_loss,
+    degeneracy,
+    instability_reasons,
+    stability_figures,
+)
 
 F64 = torch.float64
 FIELDS = [
@@ -412,3 +418,47 @@ def test_certify_refuses_a_step_that_is_not_positive() -> None:
     for lr in (0.0, -1.0, float("nan")):
         with pytest.raises(iht.errors.InvalidValueError, match="lr must be a positive"):
             iht.certify(model, lambda m: nn.functional.cross_entropy(m(X), y), lr=lr, sparsity=3)
+
+
+def test_constant_output_loss_is_the_entropy_of_the_labels() -> None:
+    assert constant_output_loss(torch.arange(1000) % 10) == pytest.approx(math.log(10))
+    assert constant_output_loss(torch.tensor([0, 0, 0, 1])) == pytest.approx(
+        -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    )
+    # The best constant logits (log-frequencies) reach it exactly.
+    y = torch.tensor([0, 0, 0, 1, 2, 2])
+    logits = torch.log(torch.bincount(y).double() / len(y)).expand(len(y), 3)
+    assert float(nn.functional.cross_entropy(logits, y)) == pytest.approx(constant_output_loss(y))
+    with pytest.raises(iht.IhtError, match="class indices"):
+        constant_output_loss(torch.tensor([0.5]))
+
+
+def test_a_collapsed_network_at_chance_is_never_certified_stable() -> None:
+    # A fixed point of the IHT map that has learnt nothing: the output depends on the input
+    # only through a tiny weight, the loss is the entropy of the labels. HT-stability's
+    # figures pass; the comparison with the best constant output does not.
+    torch.manual_seed(0)
+    X = torch.randn(200, 5, dtype=torch.float64)
+    y = torch.arange(200) % 4
+    model = nn.Sequential(nn.Linear(5, 4)).to(torch.float64)
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[0, 0] = 1e-6  # the output is not constant: the input check passes
+        model[0].bias.zero_()
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(X), y)
+
+    plain = iht.certify(model, loss_fn, lr=0.1, sparsity=5, inputs=X, grad_tol=1.0)
+    assert plain.stable and plain.degenerate == ()  # what a chance-level run used to get
+    cert = iht.certify(
+        model,
+        loss_fn,
+        lr=0.1,
+        sparsity=5,
+        inputs=X,
+        grad_tol=1.0,
+        constant_loss=constant_output_loss(y),
+    )
+    assert not cert.stable
+    assert "no better than" in cert.degenerate[0] and "ignores its input" in cert.degenerate[0]

@@ -35,6 +35,7 @@ __all__ = [
     "certify",
     "certify_budget",
     "certify_point",
+    "constant_output_loss",
     "instability_reasons",
     "stability_figures",
 ]
@@ -193,6 +194,7 @@ def certify(
     dense_loss: float | None = None,
     epsilon_tol: float | None = None,
     inputs: Tensor | None = None,
+    constant_loss: float | None = None,
 ) -> Certificate:
     """Certify a model's current parameters: HT-stability and, given a dense loss, epsilon.
 
@@ -211,6 +213,9 @@ def certify(
         dense_loss: f(theta_dense) of a dense model trained on the same data.
         epsilon_tol: check f(theta) <= dense_loss + epsilon_tol.
         inputs: training inputs, to check that the output depends on them.
+        constant_loss: the training loss of the best input-independent prediction
+            (:func:`constant_output_loss` of the labels, for cross-entropy): a point no better
+            than it is degenerate.
 
     Example:
         >>> cert = certify(model, loss_fn, lr=opt_lr, sparsity=5, dense_loss=0.04)  # doctest: +SKIP
@@ -235,7 +240,7 @@ def certify(
         dense_loss=dense_loss,
         epsilon_tol=epsilon_tol,
     )
-    reasons = degeneracy(model, inputs)
+    reasons = degeneracy(model, inputs, loss=cert.loss, constant_loss=constant_loss)
     return replace(
         cert,
         tensor_nonzeros=tensor_nonzeros(model),
@@ -251,22 +256,51 @@ def check_lr_positive(lr: object) -> None:
         raise InvalidValueError(f"lr must be a positive finite number, got {lr!r}")
 
 
+def constant_output_loss(labels: Tensor, n_classes: int | None = None) -> float:
+    """The cross-entropy of the best prediction that ignores the input: the entropy
+    -sum_c p_c log p_c of the label frequencies p (ln 10 = 2.3026 for 10 balanced classes).
+
+    Raises:
+        InvalidValueError: no labels, or labels that are not class indices.
+    """
+    if labels.numel() == 0 or labels.is_floating_point() or bool((labels < 0).any()):
+        raise InvalidValueError("labels must be a non-empty tensor of class indices >= 0")
+    counts = torch.bincount(labels.flatten(), minlength=n_classes or 0).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
 def tensor_nonzeros(model: nn.Module) -> dict[str, int]:
     """Nonzeros of every trainable parameter, by name."""
     return {n: int(p.count_nonzero()) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def degeneracy(model: nn.Module, inputs: Tensor | None = None) -> tuple[str, ...]:
+def degeneracy(
+    model: nn.Module,
+    inputs: Tensor | None = None,
+    *,
+    loss: float | None = None,
+    constant_loss: float | None = None,
+) -> tuple[str, ...]:
     """Why the network is degenerate (empty when it is not).
 
     - In an ``nn.Sequential``, a Linear or Conv layer whose weight has no nonzeros cuts every
       path from the input to the output: the network computes a constant.
     - With ``inputs``: the outputs of all inputs are equal (to 1e-9 of their scale): the
       network does not depend on its input on that data, whatever its structure.
+    - With ``loss`` and ``constant_loss`` (the training loss of the best prediction that
+      ignores the input, :func:`constant_output_loss`): f(theta) >= 0.99 constant_loss. Such a
+      point can be an exact fixed point of the IHT map (a collapsed network: nearly every
+      ReLU dead, the output almost constant), but it has learnt nothing.
 
     Evaluated in eval mode; the model is left as it was.
     """
     reasons = []
+    if loss is not None and constant_loss is not None and loss >= 0.99 * constant_loss:
+        reasons.append(
+            f"the training loss {loss:.4g} is no better than the {constant_loss:.4g} of the best "
+            "constant output (the network ignores its input)"
+        )
     if isinstance(model, nn.Sequential):
         for i, layer in enumerate(model):
             weight = getattr(layer, "weight", None)
@@ -297,6 +331,7 @@ def certify_budget(
     grad_tol: float = DEFAULT_GRAD_TOL,
     dense_loss: float | None = None,
     inputs: Tensor | None = None,
+    constant_loss: float | None = None,
 ) -> dict[str, Any]:
     """HT-stability of the model's point under ``budget`` (and epsilon given a dense loss).
 
@@ -307,7 +342,8 @@ def certify_budget(
     pools, the largest ``max_grad_on_support``, ``max_grad_off_support`` and
     ``off_support_ratio``, the residual of the whole vector (root of the sum of squares),
     ``nonzeros`` and ``sparsity`` summed over the budgeted pools, and, as :func:`certify`,
-    ``tensor_nonzeros`` and ``degenerate`` (with ``inputs``, the constant-output check).
+    ``tensor_nonzeros`` and ``degenerate`` (with ``inputs``, the constant-output check; with
+    ``constant_loss``, the no-better-than-constant check).
     """
     if len(budget.pools) == 1:
         cert = certify(
@@ -318,6 +354,7 @@ def certify_budget(
             grad_tol=grad_tol,
             dense_loss=dense_loss,
             inputs=inputs,
+            constant_loss=constant_loss,
         )
         return asdict(cert)
     check_lr_positive(lr)
@@ -354,7 +391,7 @@ def certify_budget(
         pools.append({"name": pool.name, "dense": pool.dense, **figures})
     budgeted = [p for p in pools if not p["dense"]]
     epsilon = None if dense_loss is None else loss_value - dense_loss
-    reasons = degeneracy(model, inputs)
+    reasons = degeneracy(model, inputs, loss=loss_value, constant_loss=constant_loss)
     return {
         "sparsity": budget.sparsity,
         "lr": float(lr),

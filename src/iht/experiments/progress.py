@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 from tqdm import tqdm
@@ -24,11 +25,18 @@ class StepProgress:
             file=sys.stderr,
             leave=False,
         )
+        self.stale = False
 
     def __call__(self, step: int, history: History) -> None:
         self.bar.update(1)
-        if step % 25 == 0:
-            self.bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}", refresh=False)
+        loss = history.train_loss[-1]
+        # Between evaluation steps (--eval-every) the training loss is not computed (NaN): the
+        # bar keeps the last one that was, and shows the next one as soon as it is.
+        if math.isnan(loss):
+            self.stale = True
+        elif step % 25 == 0 or self.stale:
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            self.stale = False
 
     def close(self) -> None:
         self.bar.close()

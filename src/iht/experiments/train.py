@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..budget import Budget, budgeted_size, layers_of, parse_sparsity, plan_budget
-from ..certify import certify_budget
+from ..certify import certify_budget, constant_output_loss
 from ..data import Dataset, load_dataset, n_test_rows, random_split, standardise
 from ..errors import NonFiniteError
 from ..export import sparse_payload
@@ -510,6 +510,7 @@ def _train(
         grad_tol=config.grad_tol,
         dense_loss=None if dense is None else dense.train_loss,
         inputs=X,
+        constant_loss=constant_output_loss(y),
     )
     metrics = _metrics(
         model, budget, history, train, test, lr, dense, lr_time, train_time, dense_time
