@@ -36,9 +36,8 @@ from deep_comparison import DENSITIES, LRS, SEEDS, TUNE_DENSITY, TUNE_SEEDS, _ap
 from iht.baselines import nonzeros
 from iht.budget import parse_sparsity_list
 from iht.data import load_dataset
-from iht.experiments.compare import _INIT, _generator, _Problem
+from iht.experiments.compare import _INIT, _generator, _Problem, compared_model
 from iht.init import reset_parameters_
-from iht.models import build_model
 
 
 def _pat_run(
@@ -51,14 +50,7 @@ def _pat_run(
     )
     dataset = load_dataset(config.data)
     problem = _Problem(dataset, config, seed, torch.float32)
-    model = build_model(
-        dataset.n_features,
-        dataset.n_classes,
-        config.hidden,
-        activation=config.activation,
-        kind=config.model,
-        input_shape=dataset.input_shape,
-    )
+    model = compared_model(config, dataset)
     reset_parameters_(model, generator=_generator(seed, _INIT))
     size = sum(p.numel() for p in model.parameters())
     (s,) = parse_sparsity_list(str(density), size)

@@ -122,6 +122,7 @@ __all__ = [
     "OUTPUT_FILES",
     "CompareRecord",
     "CompareResult",
+    "compared_model",
     "model_size",
     "read_comparison",
     "run_compare",
@@ -452,14 +453,7 @@ def _run_seed(
 ) -> list[dict[str, Any]]:
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     problem = _Problem(dataset, config, seed, dtype)
-    model0 = build_model(
-        dataset.n_features,
-        dataset.n_classes,
-        config.hidden,
-        activation=config.activation,
-        kind=config.model,
-        input_shape=dataset.input_shape,
-    ).to(dtype)
+    model0 = compared_model(config, dataset).to(dtype)
     reset_parameters_(model0, generator=_generator(seed, _INIT))
     size = sum(p.numel() for p in model0.parameters())
     plan = gmp_plan(
@@ -580,9 +574,9 @@ class CompareResult:
         write_json(directory / "config.json", to_dict(self.record))
 
 
-def model_size(config: CompareConfig, dataset: Dataset) -> int:
-    """P, the parameters of the model ``config`` builds for ``dataset`` (biases counted)."""
-    model = build_model(
+def compared_model(config: CompareConfig, dataset: Dataset) -> nn.Module:
+    """The model every method of ``config`` trains on ``dataset`` (default initialisation)."""
+    return build_model(
         dataset.n_features,
         dataset.n_classes,
         config.hidden,
@@ -590,7 +584,11 @@ def model_size(config: CompareConfig, dataset: Dataset) -> int:
         kind=config.model,
         input_shape=dataset.input_shape,
     )
-    return sum(p.numel() for p in model.parameters())
+
+
+def model_size(config: CompareConfig, dataset: Dataset) -> int:
+    """P, the parameters of the model ``config`` builds for ``dataset`` (biases counted)."""
+    return sum(p.numel() for p in compared_model(config, dataset).parameters())
 
 
 def run_compare(
