@@ -1,6 +1,6 @@
 """A deep network in your own training loop: the MNIST-1D CNN at 10% of its weights.
 
-    python examples/deep_cnn.py
+    python examples/deep_cnn.py [--steps 6000]
 
 Adam does the steps; ``iht.SparseOptimizer`` projects onto the budget after each one (Adam's
 moments of the entries that leave the support are zeroed, so nothing regrows through them),
@@ -11,6 +11,7 @@ dense. The certificate at the end tests the paper's fixed point at the step size
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -21,10 +22,13 @@ from iht.certify import certify_budget, instability_reasons
 from iht.data import load_mnist1d
 from iht.models import build_cnn
 
-STEPS, BATCH = 6000, 100
+BATCH = 100
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6000)
+    steps_total = parser.parse_args().steps
     torch.manual_seed(0)
     data = load_mnist1d()  # generated offline by the mnist1d package, cached on disk
     train, test = data.split  # type: ignore[misc]
@@ -35,21 +39,21 @@ def main() -> None:
 
     model = build_cnn((1, 40), 10)  # Conv1d x 3 (25 channels) + Linear: P = 5,210
     budget = iht.make_budget(model, "10%")  # 10% of the conv/linear weights; biases dense
-    steps = iht.Cubic(start=STEPS // 6, end=2 * STEPS // 3)
-    opt = budget.wrap(model, lambda groups: torch.optim.Adam(groups, lr=1e-2), schedule=steps)
+    schedule = iht.Cubic(start=steps_total // 6, end=2 * steps_total // 3)
+    opt = budget.wrap(model, lambda groups: torch.optim.Adam(groups, lr=1e-2), schedule=schedule)
     size = sum(p.numel() for p in model.parameters())
     print(f"P = {size}; s = {budget.sparsity} of the {budget.budgeted} weights, biases dense")
 
     start = time.perf_counter()
-    for step in range(STEPS):
+    for step in range(steps_total):
         rows = torch.randint(len(y_train), (BATCH,))
         opt.zero_grad()
         F.cross_entropy(model(X_train[rows]), y_train[rows]).backward()
         opt.step()
-        if step % 1500 == 0 or step == STEPS - 1:
+        if step % max(steps_total // 4, 1) == 0 or step == steps_total - 1:
             kept = sum(int((p != 0).sum()) for p in model.parameters())
             print(f"step {step:5d}  nonzeros {kept:5d}")
-    print(f"{STEPS} steps of Adam + H_s in {time.perf_counter() - start:.0f} s")
+    print(f"{steps_total} steps of Adam + H_s in {time.perf_counter() - start:.0f} s")
 
     with torch.no_grad():
         acc = float((model(X_test).argmax(1) == y_test).float().mean())

@@ -35,3 +35,16 @@ def test_torchrun_example_on_two_cpu_processes() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "all 2 ranks hold the same mask: True, same parameters: True" in done.stdout
+
+
+def test_the_deep_cnn_example_ends_on_its_budget() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "deep_cnn.py"), "--steps", "60"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nonzeros per tensor {'weights': 513, 'dense': 85}" in done.stdout
+    assert "certificate at lr 1e-2: stable=" in done.stdout
