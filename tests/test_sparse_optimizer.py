@@ -8,7 +8,7 @@ import itertools
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -214,12 +214,17 @@ def test_one_cycle_lr_cycles_momentum_on_the_wrapper() -> None:
     assert opt.optimizer.param_groups[0]["lr"] == lrs[-1]  # one set of groups, shared
 
 
-def test_the_compiled_projection_equals_the_torch_one() -> None:
+@pytest.mark.parametrize("base", ["momentum", "adam"])
+def test_the_compiled_projection_equals_the_torch_one(base: str) -> None:
+    # SGD's one buffer takes the single-tensor zeroing pass, Adam's two moments the paired one.
+    def make(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+        if base == "adam":
+            return torch.optim.Adam(params, lr=1e-2)
+        return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
     models = [_mlp(widths=(40, 400, 200, 3)) for _ in range(2)]
     opts = [
-        iht.SparseOptimizer(
-            torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9), sparsity=3000, kernel=k
-        )
+        iht.SparseOptimizer(make(m.parameters()), sparsity=3000, kernel=k)
         for m, k in zip(models, ("compiled", "torch"), strict=True)
     ]
     X = torch.randn(64, 40, dtype=F64, generator=torch.Generator().manual_seed(2))
@@ -232,6 +237,11 @@ def test_the_compiled_projection_equals_the_torch_one() -> None:
         for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
         assert torch.equal(opts[0].pool_states["global"].mask, opts[1].pool_states["global"].mask)  # type: ignore[arg-type]
+        for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+            for name, value in opts[0].optimizer.state[p].items():
+                torch.testing.assert_close(
+                    value, opts[1].optimizer.state[q][name], rtol=0, atol=1e-12
+                )
     assert opts[0].pool_states["global"].threshold is not None  # the compiled path ran
 
 
