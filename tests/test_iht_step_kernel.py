@@ -100,9 +100,13 @@ def test_brackets_warm_then_sample_then_histogram(
     exact = float(x.abs().topk(s).values.min())
     first = compiled_step.plan_step([theta], [theta.grad], [1e-3], s)  # no previous t: the sample
     assert first is not None and first.bracket == "sample" and first.threshold == exact
-    warm = compiled_step.plan_step([theta], [theta.grad], [1e-3], s, previous=exact * 1.001, width=0.005)
+    warm = compiled_step.plan_step(
+        [theta], [theta.grad], [1e-3], s, previous=exact * 1.001, width=0.005
+    )
     assert warm is not None and warm.bracket == "warm" and warm.threshold == exact
-    missed = compiled_step.plan_step([theta], [theta.grad], [1e-3], s, previous=exact * 3, width=0.01)
+    missed = compiled_step.plan_step(
+        [theta], [theta.grad], [1e-3], s, previous=exact * 3, width=0.01
+    )
     assert missed is not None and missed.bracket == "sample" and missed.threshold == exact
     assert missed.width >= 4 * 0.01  # widened after the miss
     wide = compiled_step.plan_step([theta], [theta.grad], [1e-3], s, previous=exact, width=0.2)

@@ -195,8 +195,7 @@ def test_no_private_name_is_imported_from_another_module() -> None:
 def _loaded_after(code: str) -> list[str]:
     """Which of HEAVY (and click) a fresh interpreter has loaded after running ``code``."""
     probe = (
-        f"{code}\nimport sys\n"
-        f"print(' '.join(m for m in {(*HEAVY, 'click')!r} if m in sys.modules))"
+        f"{code}\nimport sys\nprint(' '.join(m for m in {(*HEAVY, 'click')!r} if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

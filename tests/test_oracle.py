@@ -42,7 +42,6 @@ def oracle(X: np.ndarray, y: np.ndarray, levels: list[int], **kwargs: Any) -> pd
     return pd.DataFrame(oracle_rows(X, y, levels, **kwargs))
 
 
-
 # ----------------------------------------------------------------------------- helpers
 def ce_loss(theta: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes: int) -> float:
     """Mean cross-entropy of nn.Linear(d, C) with parameters theta = W (row-major), b."""

@@ -89,7 +89,9 @@ def test_linear_softmax_closed_form_equals_vmap_module() -> None:
     assert closed.size == generic.size == 15
     theta = _thetas(15)
     rows = torch.arange(N_RUNS)
-    for a, b in zip(closed.loss_and_grad(theta, rows), generic.loss_and_grad(theta, rows), strict=True):
+    for a, b in zip(
+        closed.loss_and_grad(theta, rows), generic.loss_and_grad(theta, rows), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     ma, mb = closed.metrics(theta, rows), generic.metrics(theta, rows)
     assert ma.keys() == mb.keys() == {"train_loss", "test_loss", "train_acc", "test_acc"}

@@ -31,7 +31,6 @@ def chunk_rows(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
     return [row.to_dict() for row in run_chunk(*args, **kwargs)]
 
 
-
 def assert_rows_equal(row: dict[str, Any], ref: dict[str, Any], tol: float) -> None:
     assert row.keys() == ref.keys()
     for key, value in row.items():

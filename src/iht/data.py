@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -320,6 +320,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _exact_integer(text: str) -> int | None:
+    """The integer a label spells ("7", "-3", " 12 "), exactly; None for anything else."""
+    stripped = text.strip()
+    digits = stripped[1:] if stripped[:1] in "+-" else stripped
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 4000:
+        return None
+    return int(stripped)
+
+
 def _preview(names: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
@@ -348,8 +357,20 @@ def _numeric_column(
 def _labels(
     name: str, values: list[str], lines: list[int], where: str
 ) -> tuple[NDArray[np.int64], tuple[str, ...]]:
-    """Map labels to 0..C-1 in sorted order (numeric order if every label is a number)."""
-    if all(_is_number(v) for v in values):
+    """Map labels to 0..C-1 in sorted order (numeric order if every label is a number).
+
+    Integer labels are read exactly, at any size ("9007199254740993" and "9007199254740992"
+    are two classes); other numbers ("1.0") as float64, and when one of them is beyond 2**53
+    (where float64 no longer holds every integer) the labels are read as text instead.
+    """
+    integers = [_exact_integer(v) for v in values]
+    numeric = all(_is_number(v) for v in values)
+    if all(i is not None for i in integers):
+        classes_int = sorted(set(cast(list[int], integers)))
+        index = {c: k for k, c in enumerate(classes_int)}
+        y = np.asarray([index[cast(int, i)] for i in integers], dtype=np.int64)
+        class_names = tuple(str(c) for c in classes_int)
+    elif numeric and bool((np.abs(np.asarray(values, dtype=np.float64)) < 2.0**53).all()):
         numbers = np.asarray(values, dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(numbers) | (numbers != np.round(numbers)))
         if bad.size:
@@ -358,8 +379,7 @@ def _labels(
                 f"{where}: target column {name!r} holds the number {values[i]!r} on line "
                 f"{lines[i]}; class labels must be integers or strings (is it a regression target?)"
             )
-        ints = numbers.astype(np.int64)
-        classes, y = np.unique(ints, return_inverse=True)
+        classes, y = np.unique(numbers.astype(np.int64), return_inverse=True)
         class_names = tuple(str(int(c)) for c in classes)
     else:
         labels, y = np.unique(np.asarray(values, dtype=str), return_inverse=True)

@@ -9,7 +9,9 @@ for a :class:`SparseLinear` that multiplies with a CSR weight, for sparse infere
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import warnings
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "FORMAT",
     "SparseLinear",
     "load_sparse",
+    "max_export_bytes",
     "save_sparse",
     "sparse_payload",
     "sparsify_linear_layers",
@@ -60,33 +63,97 @@ def save_sparse(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, int
     return {name: int(t._nnz()) for name, t in payload["tensors"].items()}
 
 
+#: Bytes a sparse export of a model of P parameters can take: CSR/COO store at most P values
+#: and two int64 indices each, plus pickle framing. Larger files are refused unread.
+def max_export_bytes(n_params: int) -> int:
+    return 32 * n_params + (1 << 20)
+
+
 @torch.no_grad()
 def load_sparse(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load a file written by :func:`save_sparse` into ``model`` (same architecture).
 
+    The file is untrusted: it must be a regular file of a size such an export can have; it is
+    unpickled with ``weights_only=True`` and torch's sparse-tensor invariant checks on (index
+    ranges, CSR row pointers), and every tensor is checked against the model (names, layout,
+    shape, a floating dtype, finite values) before any parameter is written. On any error
+    the model is unchanged.
+
     Raises:
-        ValueError: the file is not an iht sparse export, or names/shapes do not match.
+        ValueError: the file is not an iht sparse export, is malformed, or does not match.
     """
+    params = dict(model.named_parameters())
+    data = _read_bounded(path, max_export_bytes(sum(p.numel() for p in params.values())))
     try:
-        payload = torch.load(path, weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise InvalidValueError(f"{path} is not a readable iht sparse export: {exc}") from None
+        with torch.sparse.check_sparse_tensor_invariants(enable=True):
+            payload = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged, foreign or hostile file
+        raise InvalidValueError(
+            f"{path} is not a readable iht sparse export: {_one_line(exc)}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InvalidValueError(f"{path} is not an iht sparse export (format {FORMAT})")
-    tensors: dict[str, Tensor] = payload["tensors"]
-    params = dict(model.named_parameters())
+    tensors = payload.get("tensors")
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) for k in tensors):
+        raise InvalidValueError(f"{path}: 'tensors' is not a mapping of parameter names")
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         raise InvalidValueError(
             f"{path} does not match the model: missing {missing}, unexpected {extra}"
         )
-    for name, sparse in tensors.items():
-        if tuple(sparse.shape) != tuple(params[name].shape):
-            raise InvalidValueError(
-                f"{name}: stored shape {tuple(sparse.shape)} != model shape {tuple(params[name].shape)}"
-            )
-        params[name].copy_(sparse.to_dense().to(params[name].dtype))
+    dense = {name: _checked_dense(path, name, tensors[name], params[name]) for name in params}
+    for name, value in dense.items():  # every tensor checked: now write
+        params[name].copy_(value)
     return model
+
+
+def _read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (no FIFO, device or bomb)."""
+    try:
+        with open(path, "rb", opener=_open_nonblocking) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidValueError(f"{path} is not a regular file")
+            if info.st_size > limit:
+                raise InvalidValueError(
+                    f"{path} has {info.st_size} bytes; a sparse export of this model has at "
+                    f"most {limit}"
+                )
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise InvalidValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InvalidValueError(f"{path} grew beyond {limit} bytes while being read")
+    return data
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just after).
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def _checked_dense(path: object, name: str, stored: object, param: Tensor) -> Tensor:
+    """``stored`` as a dense tensor for ``param``, or InvalidValueError naming what is wrong."""
+    where = f"{path}: {name}"
+    if not isinstance(stored, Tensor):
+        raise InvalidValueError(f"{where} is a {type(stored).__name__}, not a tensor")
+    if stored.layout not in (torch.sparse_coo, torch.sparse_csr, torch.strided):
+        raise InvalidValueError(f"{where} has layout {stored.layout}; expected COO or CSR")
+    if tuple(stored.shape) != tuple(param.shape):
+        raise InvalidValueError(
+            f"{where}: stored shape {tuple(stored.shape)} != model shape {tuple(param.shape)}"
+        )
+    if not stored.dtype.is_floating_point:
+        raise InvalidValueError(f"{where} has dtype {stored.dtype}; expected a floating dtype")
+    value = stored.to_dense() if stored.layout != torch.strided else stored
+    if not bool(torch.isfinite(value).all()):
+        raise InvalidValueError(f"{where} holds non-finite values")
+    return value.to(device=param.device, dtype=param.dtype)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 class SparseLinear(nn.Module):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InvalidValueError
-from .threshold import check_sparsity, split_like
+from .threshold import check_sparsity, refuse_repeated, split_like
 
 __all__ = ["linear_init", "random_support", "reset_parameters_", "sparse_init_"]
 
@@ -45,9 +45,10 @@ def sparse_init_(
         The flat bool mask of the support that was kept.
 
     Raises:
-        TypeError, ValueError: ``s`` is not an integer in 0..P.
+        TypeError, ValueError: ``s`` is not an integer in 0..P; a tensor is listed twice.
     """
     tensors = list(params)
+    refuse_repeated(tensors)
     size = sum(t.numel() for t in tensors)
     mask = random_support(size, s, generator=generator)
     for t, kept in zip(tensors, split_like(mask, tensors), strict=True):

@@ -32,6 +32,7 @@ from .threshold import (
     check_sparsity,
     flatten,
     hard_threshold,
+    refuse_repeated,
     split_like,
     top_s_mask,
     top_s_mask_with_minimum,
@@ -381,6 +382,7 @@ def param_pools(
     ``"min_nonzeros"`` is the least nonzeros each of its tensors keeps. Frozen tensors (no grad
     required, none given) are in no pool.
     """
+    refuse_repeated(p for group in param_groups for p in group["params"])
     pools: list[ParamPool] = []
     shared: list[Tensor] = []
     shared_lrs: list[float] = []
@@ -527,6 +529,7 @@ class IHT(Optimizer):
         if "lr" in param_group:
             param_group["lr"] = check_lr(param_group["lr"])
         super().add_param_group(param_group)
+        refuse_repeated(p for g in self.param_groups for p in g["params"])
         group = self.param_groups[-1]
         params = cast(list[Tensor], group["params"])
         if group["pool"] == _OWN:

@@ -287,6 +287,13 @@ def _check_gradients(params: Iterable[Tensor], kernel: str) -> None:
     5-10x slower here), else each gradient's max-norm (NaN or inf exactly when an entry is),
     with one device sync for all of them.
     """
+    params = list(params)
+    for p in params:
+        if p.grad is not None and p.grad.layout != torch.strided:
+            raise InvalidValueError(
+                f"a parameter of shape {tuple(p.shape)} has a {p.grad.layout} gradient; the "
+                "projection needs dense gradients (build nn.Embedding with sparse=False)"
+            )
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return

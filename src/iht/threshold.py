@@ -25,6 +25,8 @@ __all__ = [
     "hard_threshold",
     "is_integer",
     "kth_largest",
+    "magnitude",
+    "refuse_repeated",
     "split_like",
     "threshold_mask",
     "top_s_mask",
@@ -93,9 +95,33 @@ def _check_input(x: Tensor, s: object) -> int:
         raise InvalidValueError(f"s must be a non-negative integer, got {value}")
     if x.dim() == 0:
         raise InvalidValueError("hard_threshold needs a tensor with at least one dimension")
+    if x.dtype == torch.bool or x.is_complex():
+        raise InvalidTypeError(
+            f"hard_threshold needs a real tensor (floating or integer), got dtype {x.dtype}"
+        )
+    if x.dtype == torch.int64 and x.numel() and bool((x == _INT64_MIN).any()):
+        # |-2**63| does not fit an int64: its magnitude cannot be compared exactly.
+        raise InvalidValueError(
+            "hard_threshold got -2**63 in an int64 tensor; its magnitude does not fit int64 "
+            "(use values in -(2**63 - 1)..2**63 - 1)"
+        )
+    if x.layout != torch.strided:
+        raise InvalidTypeError(f"hard_threshold needs a dense (strided) tensor, got {x.layout}")
     if torch.isnan(x).any():
         raise InvalidValueError("hard_threshold got NaN entries; their order is undefined")
     return value
+
+
+_INT64_MIN = -(2**63)
+
+
+def magnitude(x: Tensor) -> Tensor:
+    """|x|, exact for every real dtype: signed integers narrower than 64 bits are widened first
+    (``torch.abs`` of int8 -128 is -128), int64 is exact on the values :func:`hard_threshold`
+    accepts (all but -2**63)."""
+    if x.dtype in (torch.int8, torch.int16, torch.int32):
+        return x.to(torch.int64).abs()
+    return x.abs()
 
 
 def _compiled_applies(x: Tensor) -> bool:
@@ -119,13 +145,14 @@ def top_s_mask(x: Tensor, s: int) -> Tensor:
         return torch.zeros_like(x, dtype=torch.bool)
     if s >= size:
         return torch.ones_like(x, dtype=torch.bool)
+    x = x.detach()  # a mask has no gradient; the compiled kernel below writes in place
     if _compiled_applies(x):
         from ._kernels import iht_step
 
         keep = iht_step.threshold_flat_(x.clone(memory_format=torch.contiguous_format), s)
         if keep is not None:
             return keep
-    mag = x.abs()
+    mag = magnitude(x)
     kth = kth_largest(mag, s)
     keep = mag >= kth
     # Usually no tie crosses the boundary and every entry >= t is kept. Only when more than s
@@ -250,7 +277,8 @@ def hard_threshold(x: Tensor, s: int) -> Tensor:
     has fewer than s nonzeros, so the result has at most s nonzeros per row.
 
     Args:
-        x: tensor of shape (..., P); float16, bfloat16, float32 or float64, any device.
+        x: tensor of shape (..., P); any real dtype (floating, or integer: exact), any
+            device. Bool, complex and sparse tensors are refused.
         s: the budget, a non-negative integer.
 
     Returns:
@@ -267,13 +295,17 @@ def hard_threshold(x: Tensor, s: int) -> Tensor:
     s = _check_input(x, s)
     if s >= x.shape[-1]:
         return x.clone()
-    if s > 0 and _compiled_applies(x):
+    # The compiled kernel writes in place behind autograd: with a graph to record, the mask is
+    # found without one and applied by torch.where, so the gradient reaches kept entries only.
+    records_graph = x.requires_grad and torch.is_grad_enabled()
+    if s > 0 and not records_graph and _compiled_applies(x):
         from ._kernels import iht_step
 
         out = x.clone(memory_format=torch.contiguous_format)
         if iht_step.threshold_flat_(out, s) is not None:
             return out
-    return torch.where(top_s_mask(x, s), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    keep = top_s_mask(x.detach(), s)
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def boundary_tie(x: Tensor, s: int) -> Tensor:
@@ -292,8 +324,21 @@ def boundary_tie(x: Tensor, s: int) -> Tensor:
     size = x.shape[-1]
     if s <= 0 or s >= size:
         return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
-    top = torch.topk(x.abs(), s + 1, dim=-1, sorted=True).values
+    top = torch.topk(magnitude(x), s + 1, dim=-1, sorted=True).values
     return (top[..., s - 1] == top[..., s]) & (top[..., s] > 0)
+
+
+def refuse_repeated(params: Iterable[Tensor]) -> None:
+    """Raise InvalidValueError when a tensor is listed twice: it would be stepped twice per
+    step and counted twice against its budget."""
+    seen: set[int] = set()
+    for i, p in enumerate(params):
+        if id(p) in seen:
+            raise InvalidValueError(
+                f"a parameter of shape {tuple(p.shape)} is listed twice (at position {i}); "
+                "list each parameter once"
+            )
+        seen.add(id(p))
 
 
 def flatten(tensors: Iterable[Tensor]) -> Tensor:
