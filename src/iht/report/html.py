@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..storage.files import atomic_write_bytes, make_dir
+from ..storage.files import atomic_write_bytes, make_own_dir
 
 if TYPE_CHECKING:  # matplotlib is imported by the modules that draw, not here
     from matplotlib.figure import Figure
@@ -85,7 +85,7 @@ def write_figures(directory: Path, figures: Iterable[PageFigure]) -> None:
 
     ``directory`` is created if missing, so it always matches the page.
     """
-    make_dir(directory)
+    make_own_dir(directory)
     for fig in figures:
         path = directory / f"{fig.name}.png"
         if fig.png is None:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +32,11 @@ __all__ = [
     "check_output_dir",
     "first_line",
     "make_dir",
+    "make_own_dir",
     "move_aside",
     "parquet_bytes",
+    "printable",
+    "read_bounded",
     "read_json",
     "torch_bytes",
     "write_json",
@@ -106,6 +110,67 @@ def make_dir(directory: Path) -> None:
         raise StoreError(
             f"cannot create the directory {directory}: {exc.strerror or exc}"
         ) from None
+
+
+def make_own_dir(directory: Path) -> None:
+    """Create a directory of a results directory (``parts/``, ``figures/``, ``corrupt/``).
+
+    A link in its place is refused, not followed: iht writes, moves and deletes only inside the
+    results directory it was given.
+
+    Raises:
+        StoreError: a link or a file is in the way, or the directory cannot be made.
+    """
+    if directory.is_symlink():
+        raise StoreError(
+            f"{printable(directory)} is a link; iht writes only inside its results directory "
+            "(remove the link)"
+        )
+    make_dir(directory)
+    if not directory.is_dir():
+        raise StoreError(f"{printable(directory)} is a file, not a directory")
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes, not a link.
+
+    A link, FIFO or device is refused without being opened for reading (a FIFO would block, a
+    device such as /dev/zero never ends), and so is a file larger than ``limit``.
+
+    Raises:
+        FileNotFoundError: there is no such file (the caller says what it means).
+        StoreError: anything else, in one line naming the file.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StoreError(f"cannot read {printable(path)}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise StoreError(f"{printable(path)} is a link; iht reads only its own files")
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{printable(path)} is not a regular file")
+    if info.st_size > limit:
+        raise StoreError(f"{printable(path)} has {info.st_size} bytes; at most {limit} expected")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise StoreError(f"cannot read {printable(path)}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise StoreError(f"{printable(path)} grew beyond {limit} bytes while being read")
+    return data
+
+
+def printable(text: object) -> str:
+    """``str(text)`` with control characters escaped (``\\x1b``): file names reach the terminal."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value)
 
 
 def move_aside(directory: Path, entries: list[Path] | None = None) -> Path | None:
