@@ -18,6 +18,7 @@ __all__ = [
     "InvalidValueError",
     "NonFiniteError",
     "StoreError",
+    "Terminated",
 ]
 
 
@@ -51,3 +52,13 @@ class NonFiniteError(IhtError, FloatingPointError):
 
 class EstimateError(IhtError, ValueError):
     """The L_2s estimate is 0, infinite or NaN, so no learning rate follows from it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM, SIGHUP): handled as Ctrl-C is, what is finished
+    is kept. ``signal_name`` says which signal; the command line exits with 128 + its number."""
+
+    def __init__(self, signal_name: str, signal_number: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.signal_number = signal_number

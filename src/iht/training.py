@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -85,6 +85,30 @@ class History:
             )
         return columns
 
+    @classmethod
+    def from_columns(cls, layers: tuple[str, ...], columns: dict[str, Any]) -> History:
+        """The history :meth:`columns` describes (e.g. read back from a checkpoint).
+
+        Raises:
+            InvalidValueError: a column is missing or the columns differ in length.
+        """
+        names = [f.name for f in fields(cls) if f.name not in ("layers", "layer_nonzeros")]
+        wanted = [*names, *(f"nonzeros.{layer}" for layer in layers)]
+        missing = [name for name in wanted if name not in columns]
+        lengths = {len(columns[name]) for name in wanted if name in columns}
+        if missing or len(lengths) > 1:
+            raise InvalidValueError(
+                f"not a training history (missing {missing}, column lengths {sorted(lengths)})"
+            )
+        history = cls(layers=tuple(layers))
+        for name in names:
+            kind = int if name in ("step", "entered", "left", "nonzeros") else float
+            setattr(history, name, [kind(v) for v in columns[name]])
+        history.layer_nonzeros = {
+            layer: [int(v) for v in columns[f"nonzeros.{layer}"]] for layer in layers
+        }
+        return history
+
 
 @torch.no_grad()
 def evaluate(
@@ -133,6 +157,7 @@ def fit(
     eval_every: int = 1,
     loss_fn: LossFn = nn.functional.cross_entropy,
     history: History | None = None,
+    skip_batches: int = 0,
 ) -> History:
     r"""Train ``model`` for ``steps`` updates of ``optimizer`` and record every step.
 
@@ -156,7 +181,11 @@ def fit(
             loss over every training row (NaN in between; full batch: every step, for free).
         loss_fn: ``loss_fn(logits, y)`` -> mean loss (cross-entropy by default).
         history: a :class:`History` to append to (the caller keeps what was recorded even
-            when training stops with an error); a new one by default.
+            when training stops with an error); a new one by default. Steps are numbered on
+            from its last one, and evaluation steps stay those of k % eval_every == 0.
+        skip_batches: batches of the first epoch to pass over before the first step: resuming
+            a run stopped mid-epoch, with ``generator`` in the state it had at that epoch's
+            start, continues on the very batches the uninterrupted run takes.
 
     Returns:
         The :class:`History`.
@@ -200,7 +229,10 @@ def fit(
     for name in history.layers:
         history.layer_nonzeros.setdefault(name, [])
 
+    _check_count(skip_batches, "skip_batches", minimum=0)
     batches = _batches(n, batch_size, generator)
+    for _ in range(skip_batches):
+        next(batches)
     first = history.step[-1] + 1 if history.step else 0
     for k in range(first, first + steps):
         rows = next(batches)
@@ -214,7 +246,7 @@ def fit(
             raise NonFiniteError(
                 f"training stopped at step {k}: the loss is {batch_loss}; parameters left unchanged"
             )
-        evaluated = (k - first) % eval_every == 0 or k == first + steps - 1
+        evaluated = k % eval_every == 0 or k == first + steps - 1
         if full:
             train_loss, train_accuracy = batch_loss, _accuracy(out.detach(), yb)
         elif evaluated:  # a pass over every training row: only on evaluation steps

@@ -121,13 +121,32 @@ def compare_command(
     """
     from ..budget import parse_sparsity_list
     from ..data import load_dataset
-    from ..experiments.compare import model_size, run_compare
+    from ..errors import StoreError
+    from ..experiments.compare import model_size, read_comparison, run_compare
     from ..report.compare import format_table, summarise, write_compare_report
     from ..storage.files import check_output_dir
 
     config = CompareConfig(**settings)  # type: ignore[arg-type]
     dataset = load_dataset(config.data, target=config.target)
     directory = out or Path("results") / f"compare-{Path(config.data).stem}"
+    stored = None
+    if not overwrite and (directory / "config.json").exists():
+        # The same comparison saved already (its report not drawn: stopped, disk full):
+        # draw the report of what is stored instead of refusing or computing it again.
+        try:
+            stored = read_comparison(directory)
+        except StoreError:
+            stored = None
+        if stored is not None and stored.record.config != config:
+            stored = None
+    if stored is not None:
+        click.echo(
+            f"compare: {directory} holds this comparison already; drawing its report", err=True
+        )
+        click.echo(format_table(summarise(stored.frame)))
+        if not no_report:
+            click.echo(f"report: {write_compare_report(directory)}", err=True)
+        return
     check_output_dir(directory, overwrite=overwrite)  # before any training
     size = model_size(config, dataset)
     levels = parse_sparsity_list(config.levels_text, size)

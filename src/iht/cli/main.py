@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 
 import click
 
 from .. import __version__
-from ..errors import IhtError
+from ..errors import IhtError, Terminated
 from .compare import compare_command
 from .oracle import oracle_command
 from .report import report_command
@@ -44,17 +49,27 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``iht`` console script; returns the exit code.
 
     0: done; 1: a command's own failure verdict (``iht oracle`` finding a bug); 2: a user
-    error (one line on stderr); 130: interrupted.
+    error (one line on stderr); 130: interrupted (Ctrl-C); 128 + N: stopped by signal N
+    (SIGTERM: 143, SIGHUP: 129), with what was finished kept.
     """
     try:
-        cli.main(args=argv, prog_name="iht", standalone_mode=False)
+        with _stop_signals_interrupt():
+            cli.main(args=argv, prog_name="iht", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("iht: aborted", err=True)
+    except click.exceptions.Abort as exc:
+        # click turns a KeyboardInterrupt (Terminated included) into Abort, keeping the cause
+        if isinstance(exc.__cause__, Terminated):
+            return _stopped(exc.__cause__)
+        message = "iht: aborted"
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            message = "iht: interrupted; what was finished is kept, run the same command to resume"
+        click.echo(message, err=True)
         return 130
     except click.ClickException as exc:
         return _error(exc.format_message())
+    except Terminated as exc:
+        return _stopped(exc)
     except KeyboardInterrupt:
         click.echo(
             "iht: interrupted; what was finished is kept, run the same command to resume", err=True
@@ -63,6 +78,35 @@ def main(argv: list[str] | None = None) -> int:
     except IhtError as exc:
         return _error(str(exc))
     return 0
+
+
+def _stopped(exc: Terminated) -> int:
+    click.echo(
+        f"iht: stopped by {exc.signal_name}; what was finished is kept, run the same command "
+        "to resume",
+        err=True,
+    )
+    return 128 + exc.signal_number
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`~iht.errors.Terminated` (a KeyboardInterrupt) while a
+    command runs, so they stop it as Ctrl-C does: cleanly, what is finished kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+
+    def stop(number: int, frame: FrameType | None) -> None:
+        raise Terminated(signal.Signals(number).name, number)
+
+    previous = {name: signal.signal(getattr(signal, name), stop) for name in names}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
 
 
 def run() -> None:

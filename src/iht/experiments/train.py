@@ -11,6 +11,9 @@ writes the output directory::
     model_sparse.pt    the parameters as torch sparse CSR/COO tensors (iht.export.load_sparse)
     certificate.json   HT-stability under the budget (and epsilon with dense_reference)
     metrics.json       the TrainMetrics: final losses and accuracies, nonzeros, wall times
+                       (written last: a run is finished when its metrics.json exists)
+    checkpoint.pt      while the run is unfinished: its state every 30 s and when it is
+                       stopped (Ctrl-C, SIGTERM, SIGHUP); the same command resumes from it
 
 It draws nothing: the report (``report.html``, ``figures/``) is :mod:`iht.report.train`, from
 these files only.
@@ -37,7 +40,7 @@ from .. import __version__
 from ..budget import Budget, budgeted_size, layers_of, parse_sparsity, plan_budget
 from ..certify import certify_budget, constant_output_loss
 from ..data import Dataset, load_dataset, n_test_rows, random_split, standardise
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, StoreError
 from ..export import sparse_payload
 from ..init import reset_parameters_
 from ..lipschitz import estimate_l2s
@@ -47,17 +50,21 @@ from ..schedules import schedule_named
 from ..storage.files import (
     atomic_write_bytes,
     check_output_dir,
+    json_text,
     make_dir,
     move_aside,
     parquet_bytes,
+    read_bounded,
     read_json,
     torch_bytes,
     write_json,
 )
 from ..storage.records import from_dict, reading_stored, to_dict
 from ..training import History, evaluate, fit
+from .checkpoint import CHECKPOINT_FILE, Checkpoint, read_checkpoint, write_checkpoint
 from .config import Recipe, TrainConfig, recipe
 from .progress import StepProgress
+from .stopping import StopAtStep
 from .threads import torch_threads
 
 __all__ = [
@@ -341,7 +348,8 @@ def run_train(
     steps_per_epoch = math.ceil(n_train / batch)
     steps = config.epochs * steps_per_epoch if config.epochs is not None else plan.steps
     directory = out or default_out(config)
-    check_output_dir(directory, overwrite=overwrite)
+    if overwrite or not _unfinished(directory):  # an unfinished run of this config resumes
+        check_output_dir(directory, overwrite=overwrite)
 
     with torch_threads(config.threads):
         return _train(
@@ -454,11 +462,20 @@ def _train(
         versions={"iht": __version__, "torch": torch.__version__},
     )
 
-    make_dir(directory)
-    moved = move_aside(directory) if overwrite else None
-    if moved is not None:
-        log(f"moved the earlier contents of {directory} to {moved}")
-    write_json(directory / "config.json", to_dict(record))
+    resume = not overwrite and _unfinished(directory)
+    if resume:
+        stored = read_bounded(directory / "config.json", 1 << 20)
+        if stored != json_text(to_dict(record)).encode():
+            raise StoreError(
+                f"{directory} holds an unfinished run of another config; use --overwrite to "
+                "move it aside, or another --out"
+            )
+    else:
+        make_dir(directory)
+        moved = move_aside(directory) if overwrite else None
+        if moved is not None:
+            log(f"moved the earlier contents of {directory} to {moved}")
+        write_json(directory / "config.json", to_dict(record))
 
     if plan.schedule == "constant":  # the paper's start: a random support of the budget
         budget.sparse_init_(model, generator=torch.Generator().manual_seed(seeds.support))
@@ -466,22 +483,46 @@ def _train(
     history = History()
     # Built before the clock starts: torch's first optimizer imports torch._dynamo (~1 s).
     optimizer = _make_optimizer(plan, budget, model, lr, steps)
+    shuffle = torch.Generator().manual_seed(seeds.shuffle)
+    checkpoint = read_checkpoint(directory, model, steps=steps) if resume else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.model)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        history = checkpoint.history
+        if checkpoint.epoch_generator is not None:
+            shuffle.set_state(checkpoint.epoch_generator)
+        log(f"resuming: {checkpoint.steps_done} of {steps} steps done in {directory}")
+    saver = _Checkpointer(
+        directory, model, optimizer, shuffle, history, steps_per_epoch, plan.batch_size is not None
+    )
+    if checkpoint is not None:
+        saver.epoch_start = checkpoint.steps_done - checkpoint.epoch_position
     bar = StepProgress(steps, record.training.algorithm.split(" ")[0], enabled=progress)
+    bar.bar.update(len(history))
     train_start = time.perf_counter()
+    stop = StopAtStep()
+
+    def on_step(k: int, hist: History) -> None:
+        saver.after_step()  # first: the state it tracks must follow every recorded step
+        bar(k, hist)
+        stop.check()  # a stop request is taken here, between two steps
+
     try:
-        fit(
-            model,
-            X,
-            y,
-            optimizer=optimizer,
-            steps=steps,
-            batch_size=plan.batch_size,
-            generator=torch.Generator().manual_seed(seeds.shuffle),
-            on_step=bar,
-            test=test,
-            eval_every=plan.eval_every,
-            history=history,
-        )
+        with stop:
+            fit(
+                model,
+                X,
+                y,
+                optimizer=optimizer,
+                steps=steps - len(history),
+                batch_size=plan.batch_size,
+                generator=shuffle,
+                on_step=on_step,
+                test=test,
+                eval_every=plan.eval_every,
+                history=history,
+                skip_batches=saver.position(),
+            )
     except (NonFiniteError, KeyboardInterrupt) as exc:
         bar.close()
         _write_history(directory, history)
@@ -489,6 +530,11 @@ def _train(
             raise NonFiniteError(
                 f"{exc}; the {len(history)} finished steps are in {directory / 'history.parquet'}"
             ) from exc
+        saver.save()
+        log(
+            f"stopped after {len(history)} of {steps} steps; the run's state is in "
+            f"{directory / CHECKPOINT_FILE}"
+        )
         raise
     bar.close()
     train_time = time.perf_counter() - train_start
@@ -522,8 +568,73 @@ def _train(
     atomic_write_bytes(directory / "model_sparse.pt", torch_bytes(sparse_payload(model)))
     write_json(directory / "certificate.json", certificate)
     metrics = replace(metrics, time_s=replace(metrics.time_s, total=time.perf_counter() - started))
-    write_json(directory / "metrics.json", to_dict(metrics))
+    write_json(directory / "metrics.json", to_dict(metrics))  # last: the run is finished
+    (directory / CHECKPOINT_FILE).unlink(missing_ok=True)
     return TrainResult(directory, record, metrics, certificate, frame)
+
+
+def _unfinished(directory: Path) -> bool:
+    """Whether ``directory`` holds a train run that has not finished (no metrics.json)."""
+    return (
+        directory.is_dir()
+        and (directory / "config.json").is_file()
+        and not (directory / "metrics.json").exists()
+    )
+
+
+class _Checkpointer:
+    """Saves the run's state every ``CHECKPOINT_SECONDS`` and on demand (see checkpoint.py).
+
+    Tracks the shuffling generator's state at the start of each epoch and the batches taken
+    since, which with the model and optimizer state is all the next step depends on.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        shuffle: torch.Generator,
+        history: History,
+        steps_per_epoch: int,
+        mini_batch: bool,
+    ) -> None:
+        self.directory, self.model, self.optimizer = directory, model, optimizer
+        self.shuffle, self.history = shuffle, history
+        self.steps_per_epoch, self.mini_batch = steps_per_epoch, mini_batch
+        self.epoch_state = shuffle.get_state()
+        #: The step at which the current epoch started.
+        self.epoch_start = len(history)
+        self.last = time.perf_counter()
+
+    def position(self) -> int:
+        """Batches of the current epoch already taken."""
+        return len(self.history) - self.epoch_start
+
+    def after_step(self) -> None:
+        if self.position() == self.steps_per_epoch:  # the next step draws a new epoch
+            self.epoch_state, self.epoch_start = self.shuffle.get_state(), len(self.history)
+        if time.perf_counter() - self.last >= CHECKPOINT_SECONDS:
+            self.save()
+
+    def save(self) -> None:
+        write_checkpoint(
+            self.directory,
+            Checkpoint(
+                steps_done=len(self.history),
+                model=self.model.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                epoch_generator=self.epoch_state if self.mini_batch else None,
+                epoch_position=self.position() if self.mini_batch else 0,
+                history=self.history,
+            ),
+        )
+        _write_history(self.directory, self.history)
+        self.last = time.perf_counter()
+
+
+#: Seconds between two checkpoints of a running ``iht train``.
+CHECKPOINT_SECONDS = 30.0
 
 
 def _write_history(directory: Path, history: History) -> pd.DataFrame:

@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_bytes",
     "check_output_dir",
     "first_line",
+    "json_text",
     "make_dir",
     "make_own_dir",
     "move_aside",
@@ -79,8 +80,12 @@ def _fsync_dir(directory: Path) -> None:
 
 def write_json(path: Path, value: Any) -> None:
     """``value`` as indented JSON (paths as strings, numpy scalars as numbers), atomically."""
-    text = json.dumps(value, indent=2, default=_json_default) + "\n"
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, json_text(value).encode())
+
+
+def json_text(value: Any) -> str:
+    """The text :func:`write_json` writes for ``value``."""
+    return json.dumps(value, indent=2, default=_json_default) + "\n"
 
 
 def _json_default(value: Any) -> Any:

@@ -1,0 +1,254 @@
+"""Faults end in one line and lose nothing (issue 11): stop signals, kill -9, a full disk.
+
+``iht train`` keeps its history and a checkpoint when it is stopped, and the same command
+resumes it: the finished run equals an uninterrupted one bit for bit (model and history).
+A full disk (a small tmpfs, where this machine lets us mount one) gives one line and a
+non-zero exit for ``reproduce``, ``train`` and ``compare``, and the same command finishes
+once there is room.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from iht.experiments import train as train_module
+from iht.experiments.config import TrainConfig
+from iht.experiments.train import run_train
+
+IHT = [sys.executable, "-c", "from iht.cli.main import run; run()"]
+TRAIN = [
+    "train",
+    "--data",
+    "digits",
+    "--hidden",
+    "32",
+    "--sparsity",
+    "0.1",
+    "--steps",
+    "6000",
+    "--batch-size",
+    "50",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.01",
+    "--no-report",
+]
+CONFIG = TrainConfig(
+    data="digits",
+    hidden=(32,),
+    sparsity="0.1",
+    steps=400,
+    batch_size=50,
+    optimizer="adam",
+    lr=0.01,
+)
+
+
+def _same_run(a: Path, b: Path) -> None:
+    assert (a / "model.pt").read_bytes() == (b / "model.pt").read_bytes()
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(a / "history.parquet"), pd.read_parquet(b / "history.parquet")
+    )
+    assert not (b / "checkpoint.pt").exists()  # a finished run keeps no checkpoint
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("whole") / "run"
+    subprocess.run([*IHT, *TRAIN, "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("whole-lib") / "run"
+    run_train(CONFIG, out=out, log=lambda m: None)
+    return out
+
+
+@pytest.mark.parametrize("stop_at", [0, 137, 159, 399])  # 36 batches an epoch: 159 ends one
+def test_a_run_stopped_at_any_step_resumes_bit_for_bit(
+    uninterrupted_lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_at: int
+) -> None:
+    out = tmp_path / "run"
+
+    class StopAt(train_module.StepProgress):
+        def __call__(self, step: int, history) -> None:  # type: ignore[no-untyped-def]
+            if step == stop_at:
+                raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "StepProgress", StopAt)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(CONFIG, out=out, log=lambda m: None)
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    assert len(pd.read_parquet(out / "history.parquet")) == stop_at + 1
+    messages: list[str] = []
+    run_train(CONFIG, out=out, log=messages.append)
+    assert any(f"resuming: {stop_at + 1} of 400 steps" in m for m in messages), messages
+    _same_run(uninterrupted_lib, out)
+
+
+def test_checkpoints_as_it_goes(uninterrupted_lib: Path, tmp_path: Path, monkeypatch) -> None:
+    """With a checkpoint after every step, a run killed anywhere resumes from its last step."""
+    monkeypatch.setattr(train_module, "CHECKPOINT_SECONDS", 0.0)
+    out = tmp_path / "run"
+    written: list[int] = []
+    original = train_module.write_checkpoint
+
+    def write_then_die(directory: Path, checkpoint) -> None:  # type: ignore[no-untyped-def]
+        original(directory, checkpoint)
+        written.append(checkpoint.steps_done)
+        if checkpoint.steps_done == 250:
+            raise SystemExit("killed")  # as kill -9 right after a checkpoint
+
+    monkeypatch.setattr(train_module, "write_checkpoint", write_then_die)
+    with pytest.raises(SystemExit):
+        run_train(CONFIG, out=out, log=lambda m: None)
+    assert written[:3] == [1, 2, 3]
+    monkeypatch.setattr(train_module, "write_checkpoint", original)
+    run_train(CONFIG, out=out, log=lambda m: None)
+    _same_run(uninterrupted_lib, out)
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "run"
+
+    class StopAt(train_module.StepProgress):
+        def __call__(self, step: int, history) -> None:  # type: ignore[no-untyped-def]
+            if step == 10:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "StepProgress", StopAt)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(CONFIG, out=out, log=lambda m: None)
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    from iht.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"checkpoint\.pt: it cannot be read"):
+        run_train(CONFIG, out=out, log=lambda m: None)
+    other = TrainConfig(data="digits", hidden=(32,), sparsity="0.2", steps=400, batch_size=50)
+    with pytest.raises(StoreError, match="unfinished run of another config"):
+        run_train(other, out=out, log=lambda m: None)
+    assert (out / "history.parquet").exists()  # nothing was lost on the way
+
+
+def _start(out: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [*IHT, *TRAIN, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "config.json").exists():  # training starts once config.json is written
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(3.0)  # the L_2s-free start takes ~1 s; 6,000 steps take ~8 s
+    return process
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_keeps_the_run_and_the_same_command_resumes(
+    uninterrupted: Path, tmp_path: Path, name: str
+) -> None:
+    out = tmp_path / "run"
+    process = _start(out)
+    process.send_signal(getattr(signal, name))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + getattr(signal, name), err
+    assert f"iht: stopped by {name}; what was finished is kept" in err
+    assert "Traceback" not in err
+    assert (out / "checkpoint.pt").exists() and (out / "history.parquet").exists(), err
+    done = subprocess.run([*IHT, *TRAIN, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming:" in done.stdout
+    _same_run(uninterrupted, out)
+
+
+def test_kill_9_does_not_block_the_same_command(uninterrupted: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = _start(out)
+    process.kill()
+    process.communicate(timeout=60)
+    done = subprocess.run([*IHT, *TRAIN, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _same_run(uninterrupted, out)
+
+
+# -- a full disk ------------------------------------------------------------------------------
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    return done.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "64m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount)")
+    try:
+        filler = disk / "filler"
+        free = shutil.disk_usage(disk).free
+        with open(filler, "wb") as handle:  # leave 24 KiB: config.json fits, results do not
+            handle.write(b"\0" * (free - 24 * 1024))
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def _grow(disk: Path) -> None:
+    (disk / "filler").unlink()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [
+            "reproduce",
+            "iris",
+            "--runs",
+            "20",
+            "--max-steps",
+            "100",
+            "--levels",
+            "1,5",
+            "--chunk-runs",
+            "5",
+            "--n-monte",
+            "3",
+            "--no-progress",
+        ],
+        TRAIN,
+        ["compare", "--data", "iris", "--sparsity", "2,5", "--seeds", "1", "--steps", "50"],
+    ],
+    ids=["reproduce", "train", "compare"],
+)
+def test_a_full_disk_gives_one_line_and_the_same_command_finishes(
+    small_disk: Path, command: list[str]
+) -> None:
+    out = small_disk / "out"
+    full = subprocess.run([*IHT, *command, "--out", str(out)], capture_output=True, text=True)
+    assert full.returncode == 2, full.stderr
+    lines = [line for line in full.stderr.splitlines() if line.startswith("iht")]
+    assert any("No space left on device" in line for line in lines), full.stderr
+    assert "Traceback" not in full.stderr
+    assert not list(out.rglob("*.tmp"))  # nothing half-written left behind
+    _grow(small_disk)
+    again = subprocess.run([*IHT, *command, "--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
