@@ -252,3 +252,31 @@ def test_a_full_disk_gives_one_line_and_the_same_command_finishes(
     _grow(small_disk)
     again = subprocess.run([*IHT, *command, "--out", str(out)], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+
+
+REPRODUCE = ["reproduce", "iris", "--runs", "40", "--chunk-runs", "5", "--levels", "1,5"]
+REPRODUCE += ["--max-steps", "300", "--n-monte", "3", "--no-progress", "--no-report"]
+
+
+def test_sigterm_stops_reproduce_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
+    from iht.study.store import ResultStore
+
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    subprocess.run([*IHT, *REPRODUCE, "--out", str(whole)], check=True, capture_output=True)
+    process = subprocess.Popen(
+        [*IHT, *REPRODUCE, "--out", str(out)], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while len(list((out / "parts").glob("*.parquet"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "iht: stopped by SIGTERM; what was finished is kept" in err and "Traceback" not in err
+    stored = len(list((out / "parts").glob("*.parquet")))
+    assert 2 <= stored < 25  # 8 dense + 8 + 8 IHT chunks + the showcase
+    done = subprocess.run([*IHT, *REPRODUCE, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming: {stored * 5} of 121 runs" in done.stderr  # the showcase is last
+    pd.testing.assert_frame_equal(ResultStore(out).load(), ResultStore(whole).load())

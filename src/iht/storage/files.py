@@ -67,7 +67,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
-    _fsync_dir(path.parent)
+    try:
+        _fsync_dir(path.parent)
+    except OSError as exc:  # the directory vanished or went read-only after the rename
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -36,7 +36,7 @@ from ..oracle import (
     solve_levels,
     solve_on,
 )
-from ..storage.files import atomic_write_bytes
+from ..storage.files import atomic_write_bytes, read_bounded
 from .config import DENSE, IHT, N_POINTS, OracleConfig, P, StudyConfig
 from .seeds import run_seeds
 from .store import ResultStore
@@ -54,6 +54,7 @@ __all__ = [
 
 #: The oracle's results in a study directory: one row per (split index, s).
 ORACLE_FILE = "oracle.parquet"
+_MAX_ORACLE_BYTES = 256 << 20
 #: An IHT run whose training loss is below the optimum by more than this is a bug.
 VIOLATION_TOL = 1e-9
 
@@ -270,7 +271,8 @@ def read_oracle(path: Path) -> pd.DataFrame:
         StoreError: the file cannot be read.
     """
     try:
-        return pq.read_table(path).to_pandas()
+        # Bounded: a regular file of this store (no link, FIFO or device), of an oracle's size.
+        return pq.read_table(pa.BufferReader(read_bounded(path, _MAX_ORACLE_BYTES))).to_pandas()
     except (OSError, pa.ArrowException) as exc:
         raise StoreError(
             f"{path} cannot be read ({exc}); move it aside or use --overwrite"
