@@ -335,3 +335,28 @@ def test_the_record_lists_the_chunk(reference) -> None:
     record = json.loads(footer[META_KEY])
     assert record["chunk"] == "s04-00002" and record["rows"] == 2
     assert record["run_ids"] == ["s04-00002", "s04-00003"]
+
+
+# -- train runs and comparisons read back --------------------------------------------------------
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            lambda d: (d / "metrics.json").unlink() or (d / "metrics.json").symlink_to("/dev/zero"),
+            "is a link",
+        ),
+        (lambda d: (d / "history.parquet").write_bytes(b"garbage"), "not a readable Parquet file"),
+        (lambda d: (d / "config.json").write_bytes(b"{" * 100), "cannot be read as JSON"),
+    ],
+    ids=["devzero-link", "garbage-history", "bad-json"],
+)
+def test_a_damaged_train_run_is_one_line(tmp_path: Path, capsys, damage, expected: str) -> None:
+    from iht.experiments.config import TrainConfig
+    from iht.experiments.train import run_train
+
+    out = tmp_path / "run"
+    run_train(TrainConfig(data="iris", sparsity="5", steps=20), out=out, log=lambda m: None)
+    damage(out)
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1, err

@@ -110,6 +110,7 @@ from ..storage.files import (
     move_aside,
     parquet_bytes,
     read_json,
+    read_parquet,
     write_json,
 )
 from ..storage.records import from_dict, reading_stored, to_dict
@@ -645,5 +646,5 @@ def read_comparison(directory: str | Path) -> CompareResult:
     directory = Path(directory)
     with reading_stored(directory, "a saved comparison"):
         record = from_dict(CompareRecord, read_json(directory / "config.json"), where="config.json")
-        frame = pd.read_parquet(directory / "results.parquet")
+        frame = read_parquet(directory / "results.parquet")
     return CompareResult(record, frame)

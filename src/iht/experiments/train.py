@@ -56,6 +56,7 @@ from ..storage.files import (
     parquet_bytes,
     read_bounded,
     read_json,
+    read_parquet,
     torch_bytes,
     write_json,
 )
@@ -806,5 +807,5 @@ def read_train_run(directory: str | Path) -> TrainResult:
             TrainMetrics, read_json(directory / "metrics.json"), where="metrics.json"
         )
         certificate = read_json(directory / "certificate.json")
-        history = pd.read_parquet(directory / "history.parquet")
+        history = read_parquet(directory / "history.parquet")
     return TrainResult(directory, record, metrics, certificate, history)

@@ -39,6 +39,7 @@ __all__ = [
     "printable",
     "read_bounded",
     "read_json",
+    "read_parquet",
     "torch_bytes",
     "write_json",
 ]
@@ -217,11 +218,31 @@ def read_json(path: Path) -> Any:
         StoreError: it cannot be read or is not JSON.
     """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_bounded(path, MAX_JSON_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(f"{path} cannot be read as JSON: {first_line(exc)}") from None
+
+
+#: The largest JSON file iht reads back (its configs, metrics and certificates are kilobytes).
+MAX_JSON_BYTES = 16 << 20
+#: The largest Parquet table of a train run or comparison iht reads back.
+MAX_TABLE_BYTES = 1 << 30
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file of a results directory as a frame, read within :data:`MAX_TABLE_BYTES`
+    (a regular file, not a link; see :func:`read_bounded`)."""
+    import pandas as pd
+
+    data = read_bounded(path, MAX_TABLE_BYTES)
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise StoreError(
+            f"{printable(path)} is not a readable Parquet file: {first_line(exc)}"
+        ) from None
 
 
 def torch_bytes(value: Any) -> bytes:
