@@ -330,3 +330,49 @@ def test_sigterm_stops_reproduce_cleanly_and_the_same_command_resumes(tmp_path: 
     assert done.returncode == 0, done.stderr
     assert f"resuming: {stored * 2} of 41 runs" in done.stderr  # the showcase is last
     pd.testing.assert_frame_equal(ResultStore(out).load(), ResultStore(whole).load())
+
+
+COMPARE = ["compare", "--data", "iris", "--sparsity", "2,5", "--seeds", "3", "--steps", "60"]
+COMPARE += ["--no-report", "--no-progress"]
+
+
+def test_a_stopped_comparison_keeps_its_finished_seeds_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iht.cli.main import main
+    from iht.experiments import compare as compare_module
+
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    assert main([*COMPARE, "--out", str(whole)]) == 0
+    original = compare_module._run_seed
+    ran: list[int] = []
+
+    def stop_at_seed_2(config, levels, dataset, seed, report):  # type: ignore[no-untyped-def]
+        if seed == 2:
+            raise KeyboardInterrupt
+        ran.append(seed)
+        return original(config, levels, dataset, seed, report)
+
+    monkeypatch.setattr(compare_module, "_run_seed", stop_at_seed_2)
+    assert main([*COMPARE, "--out", str(out)]) == 130
+    assert sorted(p.name for p in (out / "partial").iterdir()) == [
+        "config.json",
+        "seed-0000.parquet",
+        "seed-0001.parquet",
+    ]
+    monkeypatch.setattr(compare_module, "_run_seed", original)
+    ran.clear()
+    assert main([*COMPARE, "--out", str(out)]) == 0
+    assert not (out / "partial").exists()  # superseded by results.parquet
+    timing = ["seconds", "estimate_seconds"]
+    a = pd.read_parquet(whole / "results.parquet").drop(columns=timing)
+    b = pd.read_parquet(out / "results.parquet").drop(columns=timing)
+    pd.testing.assert_frame_equal(a, b)
+    # the seeds of another comparison are refused, not mixed in
+    other = tmp_path / "other"
+    assert main([*COMPARE, "--out", str(other)]) == 0
+    (other / "results.parquet").unlink()
+    (other / "config.json").unlink()
+    (other / "partial").mkdir()
+    (other / "partial" / "config.json").write_text('{"seeds": 99}')
+    assert main([*COMPARE, "--out", str(other)]) == 2

@@ -147,7 +147,16 @@ def compare_command(
         if not no_report:
             click.echo(f"report: {write_compare_report(directory)}", err=True)
         return
-    check_output_dir(directory, overwrite=overwrite)  # before any training
+    from ..experiments.compare import PARTIAL, holds_only_partial
+    from ..storage.files import move_aside
+
+    partial = directory / PARTIAL
+    if overwrite:
+        check_output_dir(directory, overwrite=True)
+        if directory.is_dir():
+            move_aside(directory)  # the earlier comparison (or its seeds), kept aside
+    elif not holds_only_partial(directory):
+        check_output_dir(directory, overwrite=False)  # before any training
     size = model_size(config, dataset)
     levels = parse_sparsity_list(config.levels_text, size)
     click.echo(
@@ -157,13 +166,9 @@ def compare_command(
         err=True,
     )
     start = time.perf_counter()
-    try:
-        result = run_compare(config, dataset=dataset, progress=not no_progress)
-    except KeyboardInterrupt:
-        # Nothing is stored before every run is done, so there is nothing to resume.
-        click.echo(f"iht compare: interrupted; nothing was written to {directory}", err=True)
-        raise click.exceptions.Abort() from None
-    result.save(directory, overwrite=overwrite)
+    # Each finished seed is stored in DIR/partial/ as it ends: a stopped comparison resumes.
+    result = run_compare(config, dataset=dataset, progress=not no_progress, partial=partial)
+    result.save(directory)
     click.echo(format_table(summarise(result.frame)))
     if not no_report:
         html = write_compare_report(directory)

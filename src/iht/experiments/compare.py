@@ -68,12 +68,14 @@ Example::
 from __future__ import annotations
 
 import copy
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -96,7 +98,7 @@ from ..baselines import (
 )
 from ..budget import Budget, parse_sparsity_list, plan_budget
 from ..data import Dataset, load_dataset, n_test_rows, random_split, standardise
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, StoreError
 from ..init import reset_parameters_, sparse_init_
 from ..lipschitz import estimate_l2s
 from ..models import build_model
@@ -106,7 +108,9 @@ from ..sparse_optimizer import SparseOptimizer
 from ..storage.files import (
     atomic_write_bytes,
     check_output_dir,
+    json_text,
     make_dir,
+    make_own_dir,
     move_aside,
     parquet_bytes,
     read_json,
@@ -568,11 +572,17 @@ class CompareResult:
         Raises:
             StoreError: the directory is not empty (without ``overwrite``), or not writable.
         """
-        check_output_dir(directory, overwrite=overwrite)
+        partial = directory / PARTIAL
+        only_partial = holds_only_partial(directory)
+        if not only_partial:  # a comparison's own finished seeds are not in the way
+            check_output_dir(directory, overwrite=overwrite)
         make_dir(directory)
-        move_aside(directory)
+        if not only_partial:
+            move_aside(directory)
         atomic_write_bytes(directory / "results.parquet", parquet_bytes(self.frame))
         write_json(directory / "config.json", to_dict(self.record))
+        if partial.is_dir() and not partial.is_symlink():  # superseded by results.parquet
+            shutil.rmtree(partial)
 
 
 def compared_model(config: CompareConfig, dataset: Dataset) -> nn.Module:
@@ -593,7 +603,11 @@ def model_size(config: CompareConfig, dataset: Dataset) -> int:
 
 
 def run_compare(
-    config: CompareConfig, *, dataset: Dataset | None = None, progress: bool = False
+    config: CompareConfig,
+    *,
+    dataset: Dataset | None = None,
+    progress: bool = False,
+    partial: Path | None = None,
 ) -> CompareResult:
     """Run every method of ``config`` at every s and seed (see :class:`CompareResult`).
 
@@ -601,6 +615,10 @@ def run_compare(
         config: the comparison.
         dataset: the data, if already loaded (else ``config.data`` is loaded).
         progress: show a progress bar over the runs.
+        partial: a directory where each finished seed's rows are stored as it ends
+            (``seed-NNNN.parquet``, beside the config they belong to); the seeds stored there
+            for this config are read back instead of run again, so a stopped comparison
+            resumes. A directory holding another config's seeds is refused.
 
     Raises:
         InvalidValueError, DataError: a level outside 1..P for this model; bad data.
@@ -612,9 +630,19 @@ def run_compare(
     levels = parse_sparsity_list(config.levels_text, size)
     total = len(config.methods) * len(levels) * config.seeds
     rows: list[dict[str, Any]] = []
+    stored = _open_partial(partial, config)
     with run_bar(total, "compare", enabled=progress) as bar, torch_threads(config.threads):
         for seed in range(config.seeds):
-            rows += _run_seed(config, levels, dataset, seed, bar.update)
+            path = None if partial is None else partial / f"seed-{seed:04d}.parquet"
+            if path is not None and path.name in stored:
+                kept = cast(list[dict[str, Any]], read_parquet(path).to_dict("records"))
+                rows += kept
+                bar.update(len(kept))
+                continue
+            seed_rows = _run_seed(config, levels, dataset, seed, bar.update)
+            if path is not None:
+                atomic_write_bytes(path, parquet_bytes(pd.DataFrame(seed_rows)))
+            rows += seed_rows
     frame = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(METHODS)}
     frame["_order"] = frame["method"].map(order)
@@ -635,6 +663,39 @@ def run_compare(
         versions={"iht": __version__, "torch": torch.__version__},
     )
     return CompareResult(record, frame)
+
+
+PARTIAL = "partial"
+
+
+def holds_only_partial(directory: Path) -> bool:
+    """Whether ``directory`` holds nothing but a comparison's finished seeds (and the
+    earlier contents ``--overwrite`` moved aside)."""
+    if not directory.is_dir():
+        return False
+    names = [p.name for p in directory.iterdir()]
+    return PARTIAL in names and all(n == PARTIAL or n.startswith("replaced-") for n in names)
+
+
+def _open_partial(partial: Path | None, config: CompareConfig) -> set[str]:
+    """The seed files stored in ``partial`` for ``config`` (writing its config if new)."""
+    if partial is None:
+        return set()
+    make_own_dir(partial)
+    path = partial / "config.json"
+    if not path.exists():
+        write_json(path, to_dict(config))
+        return set()
+    try:
+        same = read_json(path) == json.loads(json_text(to_dict(config)))
+    except StoreError:
+        same = False
+    if not same:
+        raise StoreError(
+            f"{partial} holds the finished seeds of another comparison; use --overwrite to "
+            "move them aside, or another --out"
+        )
+    return {p.name for p in partial.glob("seed-*.parquet")}
 
 
 def read_comparison(directory: str | Path) -> CompareResult:
