@@ -226,3 +226,37 @@ def certificate_row(
         "tie": tie,
         "stable": stable,
     }
+
+
+# --------------------------------------------------------------------------- structured H_s
+
+
+def best_groups(rows: Sequence[Sequence[float]], s: int) -> tuple[float, list[tuple[int, ...]]]:
+    """By brute force: the largest kept sum of squares over every choice of s rows (groups),
+    and every choice reaching it."""
+    norms = [sum(v * v for v in row) for row in rows]
+    best, argbest = -1.0, []
+    for chosen in itertools.combinations(range(len(rows)), s):
+        value = sum(norms[g] for g in chosen)
+        if value > best:
+            best, argbest = value, [chosen]
+        elif value == best:
+            argbest.append(chosen)
+    return best, argbest
+
+
+def best_nm(values: Sequence[float], n: int, m: int) -> list[list[tuple[int, ...]]]:
+    """By brute force, block by block: every choice of n entries of each block of m that keeps
+    the largest sum of squares (the closest N:M point keeps one of them in every block)."""
+    out = []
+    for start in range(0, len(values), m):
+        block = values[start : start + m]
+        best, argbest = -1.0, []
+        for chosen in itertools.combinations(range(m), n):
+            value = sum(block[i] * block[i] for i in chosen)
+            if value > best:
+                best, argbest = value, [chosen]
+            elif value == best:
+                argbest.append(chosen)
+        out.append(argbest)
+    return out
