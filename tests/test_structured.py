@@ -92,3 +92,114 @@ def test_nm_refuses_a_width_that_is_not_a_multiple_of_m() -> None:
         nm_mask(torch.zeros(3, 6), 2, 4)
     with pytest.raises(InvalidValueError, match="NaN"):
         nm_mask(torch.tensor([float("nan"), 1.0, 2.0, 3.0]), 2, 4)
+
+
+# -- the optimizers with a structured budget ----------------------------------------------------
+def _rows_kept(tensors: list[torch.Tensor]) -> int:
+    return sum(int((t.reshape(t.shape[0], -1) != 0).any(dim=1).sum()) for t in tensors)
+
+
+def test_iht_with_a_group_budget_is_h_s_of_rows_after_every_step() -> None:
+    import iht
+
+    gen = torch.Generator().manual_seed(0)
+    w1 = torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(4, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    opt = iht.IHT([{"params": [w1, w2], "structure": "neuron", "sparsity": 3}], lr=0.1)
+    for step in range(5):
+        before = [w1.detach().clone(), w2.detach().clone()]
+        grads = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in (w1, w2)]
+        w1.grad, w2.grad = grads[0].clone(), grads[1].clone()
+        opt.step()
+        # the reference: the gradient step, then the 3 rows of largest norm over both tensors
+        moved = [b.add(g, alpha=-0.1) for b, g in zip(before, grads, strict=True)]
+        rows = [r.tolist() for m in moved for r in m.reshape(m.shape[0], -1)]
+        _, argbest = best_groups(rows, 3)
+        kept = [
+            g
+            for g in range(9)
+            if bool(
+                (
+                    torch.cat(
+                        [
+                            w1.detach().reshape(5, -1).abs().sum(1),
+                            w2.detach().reshape(4, -1).abs().sum(1),
+                        ]
+                    )[g]
+                )
+                > 0
+            )
+        ]
+        assert tuple(kept) in argbest, step
+        assert _rows_kept([w1, w2]) == 3
+        for m, w in zip(moved, (w1, w2), strict=True):
+            keep = w.detach() != 0
+            assert torch.equal(w.detach()[keep], m[keep])
+
+
+def test_a_wrapped_adam_with_2_4_keeps_the_pattern_and_zeroes_adam_state_off_it() -> None:
+    import iht
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    weights = [model[0].weight, model[2].weight]
+    biases = [model[0].bias, model[2].bias]
+    # Linear(6, 3): rows of 6 are not a multiple of 4, so it takes 2:3 here
+    base = torch.optim.Adam(
+        [
+            {"params": [weights[0]], "structure": "2:4"},
+            {"params": [weights[1]], "structure": "1:3"},
+            {"params": biases},
+        ],
+        lr=1e-2,
+    )
+    opt = iht.SparseOptimizer(base, sparsity=None, schedule=iht.DenseWarmup(3))
+    X, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for step in range(10):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+        blocks0 = (weights[0].detach().reshape(6, 2, 4) != 0).sum(-1)
+        blocks1 = (weights[1].detach().reshape(3, 2, 3) != 0).sum(-1)
+        if step < 3:  # the warm-up is dense
+            assert int((weights[0] != 0).sum()) == 48
+        else:
+            assert int(blocks0.max()) <= 2 and int(blocks1.max()) <= 1
+            for w in weights:
+                state = base.state[w]
+                off = w.detach() == 0
+                assert not bool(state["exp_avg"][off].any()) and not bool(
+                    state["exp_avg_sq"][off].any()
+                )
+    assert int((biases[0] != 0).sum()) == 6  # dense
+
+
+def test_structured_groups_follow_a_schedule_in_rows() -> None:
+    import iht
+
+    w = torch.randn(10, 4, requires_grad=True)
+    base = torch.optim.SGD([{"params": [w], "structure": "channel", "sparsity": 2}], lr=0.1)
+    opt = iht.SparseOptimizer(base, sparsity=None, schedule=iht.Cubic(start=0, end=4))
+    counts = []
+    for _ in range(6):
+        w.grad = torch.randn(10, 4)
+        opt.step()
+        counts.append(_rows_kept([w]))
+    assert counts == sorted(counts, reverse=True) and counts[-1] == 2 and counts[-2] == 2
+
+
+@pytest.mark.parametrize(
+    "group, match",
+    [
+        ({"structure": "diagonal", "sparsity": 2}, "structure must be one of"),
+        ({"structure": "neuron"}, "needs the group's own sparsity"),
+        ({"structure": "2:4"}, "not a multiple of M = 4"),
+        ({"structure": "neuron", "sparsity": 7}, r"rows"),
+    ],
+)
+def test_structured_budgets_refuse_what_they_cannot_do(group: dict, match: str) -> None:
+    import iht
+
+    w = torch.randn(6, 6, requires_grad=True)
+    with pytest.raises(InvalidValueError, match=match):
+        iht.IHT([{"params": [w], **group}], lr=0.1)

@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .errors import InvalidTypeError, InvalidValueError, NonFiniteError
+from .structured import Structure, parse_structure
 from .threshold import (
     check_sparsity,
     flatten,
@@ -167,6 +168,9 @@ class StepPool:
         state: the pool's :class:`PoolState`, updated in place.
         minimum: the least nonzeros each tensor keeps (None: no minimum); the projection is
             then :func:`~iht.threshold.top_s_mask_with_minimum`, exact, on the torch path.
+        structure: the budget's shape (None: entries): groups (``sparsity`` counts rows) or
+            an N:M pattern (:class:`~iht.structured.Structure`), projected exactly, on the
+            torch path.
     """
 
     params: list[Tensor]
@@ -175,6 +179,7 @@ class StepPool:
     sparsity: int | None
     state: PoolState
     minimum: list[int] | None = None
+    structure: Structure | None = None
 
 
 def _check_dense_gradients(pools: Sequence[StepPool]) -> None:
@@ -231,6 +236,7 @@ def project_(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str
                 p.sparsity,
                 p.state,
                 p.minimum,
+                p.structure,
             )
             for p in pools
         ],
@@ -243,7 +249,13 @@ def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
     """Check one pool's update (read only) and return the function that writes it."""
     params, grads, lrs, budget, state = pool.params, pool.grads, pool.lrs, pool.sparsity, pool.state
     size = sum(p.numel() for p in params)
-    if budget is None or not 0 < budget < size or kernel == "torch" or pool.minimum:
+    if (
+        budget is None
+        or not 0 < budget < size
+        or kernel == "torch"
+        or pool.minimum
+        or pool.structure is not None
+    ):
         return _plan_torch(pool, every)
     if kernel == "auto" and size < COMPILED_MIN_SIZE:
         return _plan_torch(pool, every)
@@ -310,7 +322,9 @@ def _plan_torch(pool: StepPool, every: int) -> Callable[[], None]:
             if _reselects(state, every, size, budget):
                 # params now hold theta - lr * grad (theta where there is no gradient)
                 flat = flatten(p.detach() for p in params)
-                if pool.minimum:
+                if pool.structure is not None:
+                    state.mask = pool.structure.mask([p.detach() for p in params], budget)
+                elif pool.minimum:
                     sizes = [p.numel() for p in params]
                     state.mask = top_s_mask_with_minimum(flat, budget, sizes, pool.minimum)
                 else:
@@ -366,10 +380,16 @@ class ParamPool:
     lrs: list[float]
     sparsity: int | None
     minimum: list[int] | None = None
+    structure: Structure | None = None
 
     @property
     def size(self) -> int:
         return sum(p.numel() for p in self.params)
+
+    @property
+    def units(self) -> int:
+        """What the budget counts: entries, or rows for a group structure."""
+        return self.size if self.structure is None else self.structure.units(self.params)
 
 
 def param_pools(
@@ -391,7 +411,20 @@ def param_pools(
         params = [p for p in group["params"] if _in_pool(p)]
         lrs = [float(group.get("lr", 0.0))] * len(params)
         minimum = [int(group.get("min_nonzeros") or 0)] * len(params)
-        if group.get("sparsity") is not None:
+        structure = parse_structure(group.get("structure"))
+        if structure is not None:
+            structure.check(params)
+            if structure.kind == "nm":  # the pattern is the budget
+                sparsity: int | None = structure.implied(params)
+            elif group.get("sparsity") is None:
+                raise InvalidValueError(
+                    "a group structure needs the group's own sparsity: how many rows "
+                    "(neurons, channels) to keep"
+                )
+            else:
+                sparsity = int(group["sparsity"])
+            pools.append(ParamPool(f"group{i}", params, lrs, sparsity, None, structure))
+        elif group.get("sparsity") is not None:
             pools.append(
                 ParamPool(
                     f"group{i}",
@@ -523,7 +556,8 @@ class IHT(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; a group with its own ``"sparsity"`` gets a budget of its own."""
         param_group = dict(param_group)
-        own = param_group.get("sparsity") is not None
+        structure = parse_structure(param_group.get("structure"))  # refused here if unknown
+        own = param_group.get("sparsity") is not None or structure is not None
         param_group["pool"] = param_group.get("pool", _OWN if own else _GLOBAL)
         param_group.setdefault("sparsity", None)
         if "lr" in param_group:
@@ -533,8 +567,22 @@ class IHT(Optimizer):
         group = self.param_groups[-1]
         params = cast(list[Tensor], group["params"])
         if group["pool"] == _OWN:
-            size = sum(p.numel() for p in params if _in_pool(p))
-            check_sparsity(group["sparsity"], size, name="group sparsity")
+            pooled = [p for p in params if _in_pool(p)]
+            if structure is None:
+                check_sparsity(
+                    group["sparsity"], sum(p.numel() for p in pooled), name="group sparsity"
+                )
+            else:
+                structure.check(pooled)
+                if structure.kind == "group":
+                    if group["sparsity"] is None:
+                        raise InvalidValueError(
+                            "a group structure needs the group's own sparsity: how many rows "
+                            "(neurons, channels) to keep"
+                        )
+                    check_sparsity(
+                        group["sparsity"], structure.units(pooled), name="group sparsity (rows)"
+                    )
         devices = {p.device for g in self.param_groups for p in g["params"]}
         if len(devices) > 1:
             raise InvalidValueError(
@@ -572,7 +620,15 @@ class IHT(Optimizer):
             if any(g is not None for g in grads):  # a pool without any gradient is not stepped
                 state = self.pool_states.setdefault(pool.key, PoolState())
                 pools.append(
-                    StepPool(pool.params, grads, pool.lrs, pool.sparsity, state, pool.minimum)
+                    StepPool(
+                        pool.params,
+                        grads,
+                        pool.lrs,
+                        pool.sparsity,
+                        state,
+                        pool.minimum,
+                        pool.structure,
+                    )
                 )
         iht_step(
             pools,

@@ -170,7 +170,7 @@ class SparseOptimizer(Optimizer):
         for pool in param_pools(self.param_groups, self.sparsity):
             if pool.sparsity is not None:
                 name = "sparsity" if pool.key == "global" else f"sparsity of {pool.key}"
-                check_sparsity(pool.sparsity, pool.size, name=name)
+                check_sparsity(pool.sparsity, pool.units, name=name)
 
     # -- the step -------------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -194,13 +194,17 @@ class SparseOptimizer(Optimizer):
         for pool in pools:
             if pool.sparsity is None or not pool.params:
                 continue
-            budget = self.schedule.budget(self.steps_taken, pool.sparsity, pool.size)
+            budget = self.schedule.budget(self.steps_taken, pool.sparsity, pool.units)
             pool_state = self.pool_states.setdefault(pool.key, PoolState())
             if budget is None:  # a dense step: nothing projected; the next sparse step selects
                 pool_state.mask = None
                 continue
-            check_sparsity(budget, pool.size, name=f"the schedule's budget of pool {pool.key}")
-            projected.append(StepPool(pool.params, [], [], budget, pool_state, pool.minimum))
+            check_sparsity(budget, pool.units, name=f"the schedule's budget of pool {pool.key}")
+            if pool.structure is not None and pool.structure.kind == "nm":
+                budget = pool.sparsity  # an N:M pattern applies whole at every sparse step
+            projected.append(
+                StepPool(pool.params, [], [], budget, pool_state, pool.minimum, pool.structure)
+            )
         try:
             project_(projected, threshold_every=self.threshold_every, kernel=self.kernel)
         except NonFiniteError as exc:

@@ -18,6 +18,9 @@ budgets outside their range.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -25,13 +28,19 @@ from .errors import InvalidValueError
 from .threshold import check_sparsity, threshold_mask
 
 __all__ = [
+    "STRUCTURES",
+    "Structure",
     "group_hard_threshold",
     "group_mask",
     "group_norms",
     "nm_hard_threshold",
     "nm_mask",
     "parse_nm",
+    "parse_structure",
 ]
+
+#: The budget shapes a param group can ask for (``"structure"``), besides N:M patterns.
+STRUCTURES = ("entry", "group", "neuron", "channel")
 
 
 def group_norms(tensors: list[Tensor]) -> Tensor:
@@ -126,3 +135,73 @@ def nm_mask(x: Tensor, n: int, m: int) -> Tensor:
 def nm_hard_threshold(x: Tensor, n: int, m: int) -> Tensor:
     """The closest N:M-sparse point to ``x`` (see :func:`nm_mask`)."""
     return torch.where(nm_mask(x, n, m), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The shape of a pool's budget: ``group`` (s counts rows: a Linear's output neurons, a
+    Conv's output channels) or ``nm`` (N of every M consecutive inputs of each row; the
+    pattern is the budget)."""
+
+    kind: str
+    n: int = 0
+    m: int = 0
+
+    def units(self, params: Sequence[Tensor]) -> int:
+        """What the budget counts: rows for groups, entries for N:M."""
+        if self.kind == "group":
+            return sum(p.shape[0] if p.dim() else 1 for p in params)
+        return sum(p.numel() for p in params)
+
+    def implied(self, params: Sequence[Tensor]) -> int:
+        """The nonzeros an N:M pattern keeps (its budget)."""
+        return sum(p.numel() // self.m * self.n for p in params)
+
+    def mask(self, params: Sequence[Tensor], budget: int) -> Tensor:
+        """The flat mask (pool order) of the best point of this shape: ``budget`` rows for
+        groups; the N:M pattern over each tensor's rows (dim 0 by the rest) for N:M."""
+        if self.kind == "group":
+            masks = group_mask(
+                [p.reshape(p.shape[0], -1) if p.dim() else p.reshape(1, 1) for p in params], budget
+            )
+        else:
+            masks = [
+                nm_mask(
+                    p.reshape(p.shape[0], -1) if p.dim() > 1 else p.reshape(1, -1), self.n, self.m
+                )
+                for p in params
+            ]
+        return torch.cat([mask.reshape(-1) for mask in masks])
+
+    def check(self, params: Sequence[Tensor]) -> None:
+        """Raise InvalidValueError when a tensor cannot take this shape (N:M: a row length
+        that is not a multiple of M)."""
+        if self.kind != "nm":
+            return
+        for p in params:
+            width = p[0].numel() if p.dim() > 1 else p.numel()
+            if width % self.m:
+                raise InvalidValueError(
+                    f"a tensor of shape {tuple(p.shape)} has rows of {width} entries, not a "
+                    f"multiple of M = {self.m}; give it no N:M structure"
+                )
+
+
+def parse_structure(value: object) -> Structure | None:
+    """A param group's ``"structure"``: None or ``"entry"`` (entry-wise H_s), ``"group"``
+    (also ``"neuron"``, ``"channel"``), or an N:M pattern such as ``"2:4"``.
+
+    Raises:
+        InvalidValueError: anything else.
+    """
+    if value is None or value == "entry":
+        return None
+    if value in ("group", "neuron", "channel"):
+        return Structure("group")
+    if isinstance(value, str) and ":" in value:
+        n, m = parse_nm(value)
+        return Structure("nm", n, m)
+    raise InvalidValueError(
+        f"structure must be one of {', '.join(STRUCTURES)} or an N:M pattern such as 2:4, "
+        f"got {value!r}"
+    )
