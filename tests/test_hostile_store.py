@@ -360,3 +360,210 @@ def test_a_damaged_train_run_is_one_line(tmp_path: Path, capsys, damage, expecte
     assert main(["report", str(out)]) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1, err
+
+
+# -- the second adversarial pass: the store's own entries, comparisons, train runs, checkpoints --
+@pytest.mark.parametrize("entry", [".lock", "parts/.x.tmp", ".probe-x"])
+@pytest.mark.parametrize("kind", ["fifo", "dir"])
+def test_hostile_entries_named_like_the_stores_own(
+    reference, tmp_path: Path, entry: str, kind: str
+) -> None:
+    directory = _copy(reference, tmp_path)
+    path = directory / entry
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    if entry == ".lock":  # one line, no hang, nothing changed
+        with pytest.raises(StoreError, match=r"\.lock"):
+            run_study(CONFIG, directory, progress=False)
+    else:  # not ours to delete: left, and the study resumes
+        assert "already stored" in _rerun(directory)[-1]
+        assert path.exists() or path.is_symlink()
+
+
+COMPARE = [
+    "compare",
+    "--data",
+    "iris",
+    "--sparsity",
+    "2,5",
+    "--seeds",
+    "2",
+    "--steps",
+    "40",
+    "--no-report",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cmp") / "whole"
+    assert main([*COMPARE, "--out", str(out)]) == 0
+    return out
+
+
+def _seed_file(comparison: Path, target: Path, seed: int, change) -> None:  # type: ignore[no-untyped-def]
+    from iht.experiments.compare import read_comparison
+    from iht.storage.files import write_json
+    from iht.storage.records import to_dict
+
+    result = read_comparison(comparison)
+    rows = result.frame[result.frame["seed"] == seed].reset_index(drop=True)
+    (target / "partial").mkdir(parents=True)
+    write_json(target / "partial" / "config.json", to_dict(result.record.config))
+    change(rows).to_parquet(target / "partial" / f"seed-{seed:04d}.parquet", index=False)
+
+
+def _set_first(column: str, value: object):  # type: ignore[no-untyped-def]
+    def change(rows: pd.DataFrame) -> pd.DataFrame:
+        rows = rows.copy()
+        rows.loc[0, column] = value
+        return rows
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        (_set_first("steps", 41), "another number of steps"),
+        (_set_first("seed", 1), "one row per method"),
+        (lambda rows: rows.head(3), "one row per method"),
+        (_set_first("test_acc", 7.0), "accuracy outside"),
+        (lambda rows: pd.DataFrame({"x": [1]}), "columns"),
+    ],
+    ids=["steps", "other-seed", "cut", "acc-7", "foreign-columns"],
+)
+def test_a_foreign_or_edited_seed_file_is_moved_aside_and_run_again(
+    comparison: Path, tmp_path: Path, capsys, change, why: str
+) -> None:
+    out = tmp_path / "run"
+    _seed_file(comparison, out, 0, change)
+    assert main([*COMPARE, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert why in err and "seed 0 will be run again" in err, err
+    timing = ["seconds", "estimate_seconds"]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "results.parquet").drop(columns=timing),
+        pd.read_parquet(comparison / "results.parquet").drop(columns=timing),
+    )
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        (_set_first("test_acc", 7.0), "accuracy outside"),
+        (lambda rows: rows.drop(columns="test_acc"), "columns"),
+        (lambda rows: rows.head(0), "one row per method"),
+    ],
+    ids=["acc-7", "dropped-column", "no-rows"],
+)
+def test_an_edited_comparison_is_one_line(
+    comparison: Path, tmp_path: Path, capsys, change, why: str
+) -> None:
+    import shutil
+
+    out = tmp_path / "cmp"
+    shutil.copytree(comparison, out)
+    frame = pd.read_parquet(out / "results.parquet")
+    change(frame).to_parquet(out / "results.parquet", index=False)
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert why in err and len(err.strip().splitlines()) == 1, err
+    assert main([*COMPARE, "--out", str(out)]) == 2  # not redrawn as if it were this comparison
+    capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from iht.experiments.config import TrainConfig
+    from iht.experiments.train import run_train
+
+    out = tmp_path_factory.mktemp("train") / "run"
+    run_train(TrainConfig(data="iris", sparsity="5", steps=20), out=out, log=lambda m: None)
+    return out
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (
+            lambda d: (
+                pd.read_parquet(d / "history.parquet")
+                .drop(columns="step")
+                .to_parquet(d / "history.parquet")
+            ),
+            "lacks the column",
+        ),
+        (
+            lambda d: (
+                pd.read_parquet(d / "history.parquet")
+                .astype({"train_loss": str})
+                .to_parquet(d / "history.parquet")
+            ),
+            "not numeric",
+        ),
+        (
+            lambda d: (
+                pd.read_parquet(d / "history.parquet").head(5).to_parquet(d / "history.parquet")
+            ),
+            "steps 0..19",
+        ),
+        (lambda d: (d / "certificate.json").write_text("[]"), "not a certificate"),
+        (lambda d: (d / "certificate.json").write_text("{}"), "stable"),
+        (
+            lambda d: (d / "config.json").write_text("[" * 100_000 + "]" * 100_000),
+            "cannot be read as JSON",
+        ),
+    ],
+    ids=["no-step", "string-loss", "cut", "cert-list", "cert-empty", "deep-json"],
+)
+def test_a_hostile_train_run_is_one_line(
+    train_run: Path, tmp_path: Path, capsys, damage, why: str
+) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(train_run, out)
+    damage(out)
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert why in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_history_that_claims_many_rows_is_refused_unread(
+    train_run: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(train_run, out)
+    pa_table = pa.table({"step": pa.array([0] * 5_000_000, type=pa.int64())})
+    pq.write_table(pa_table, out / "history.parquet")
+    assert main(["report", str(out)]) == 2
+    assert "claims 5000000 rows" in capsys.readouterr().err
+
+
+def test_train_takes_its_directory_lock(tmp_path: Path) -> None:
+    from iht.experiments.config import TrainConfig
+    from iht.experiments.train import run_train
+    from iht.storage.files import lock_directory
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = lock_directory(out)  # a running `iht train` in this directory
+    try:
+        with pytest.raises(StoreError, match="in use by another iht process"):
+            run_train(TrainConfig(data="iris", sparsity="5", steps=5), out=out, overwrite=True)
+        assert [p.name for p in out.iterdir()] == [".lock"]  # nothing moved or written
+    finally:
+        assert held is not None
+        held.close()
+
+
+def test_an_oracle_file_of_other_columns_is_one_line(reference, tmp_path: Path, capsys) -> None:
+    directory = _copy(reference, tmp_path)
+    pd.DataFrame({"x": [1.0]}).to_parquet(directory / "oracle.parquet")
+    assert main(["oracle", str(directory), "--splits", "1", "--levels", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "not an oracle file" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["report", str(directory)]) == 0  # the report is drawn, without that figure

@@ -165,7 +165,7 @@ def test_summary_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_no_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "o"
     train(capsys, out, "--data", "iris", "--sparsity", "5", "--steps", "2", "--lr", "0.5")
-    assert {p.name for p in out.iterdir()} == set(OUTPUT_FILES) - {"report.html"}
+    assert {p.name for p in out.iterdir()} == set(OUTPUT_FILES) - {"report.html"} | {".lock"}
 
 
 def test_digits_mlp_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -424,7 +424,12 @@ def test_non_empty_out_is_refused_unless_overwrite(
     args = ["--data", "iris", "--sparsity", "5", "--steps", "3", "--lr", "0.5"]
     train(capsys, out, *args)
     first = (out / "metrics.json").read_text()
-    _, err = train(capsys, out, *args, code=2)
+    # the same run again: it is there already, its report is drawn (nothing is recomputed)
+    stdout, _ = train(capsys, out, *args)
+    assert "holds this run already" in stdout
+    assert (out / "metrics.json").read_text() == first
+    # another run: refused
+    _, err = train(capsys, out, *args[:-1], "0.25", code=2)
     assert "is not empty" in err and "--overwrite" in err and err.count("\n") == 1
     assert (out / "metrics.json").read_text() == first
 

@@ -376,3 +376,61 @@ def test_a_stopped_comparison_keeps_its_finished_seeds_and_resumes(
     (other / "partial").mkdir()
     (other / "partial" / "config.json").write_text('{"seeds": 99}')
     assert main([*COMPARE, "--out", str(other)]) == 2
+
+
+def _edit_checkpoint(out: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    edit(payload)
+    torch.save(payload, out / "checkpoint.pt")
+
+
+def _first_state(payload):  # type: ignore[no-untyped-def]
+    return next(iter(payload["optimizer"]["optimizer"]["state"].values()))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda p: p["optimizer"]["optimizer"].update(param_groups=[]),
+        lambda p: p["optimizer"].update(pools="x"),
+        lambda p: p.update(
+            epoch_generator=__import__("torch").zeros(3, dtype=__import__("torch").uint8)
+        ),
+        lambda p: p.update(epoch_generator=__import__("torch").zeros(5056)),
+        lambda p: _first_state(p).update(exp_avg=__import__("torch").zeros(2, 2)),
+        lambda p: p.update(epoch_position=10**6),
+        lambda p: p["optimizer"].update(steps_taken=-5),
+    ],
+    ids=[
+        "no-groups",
+        "pools-str",
+        "generator-3",
+        "generator-float",
+        "moment-shape",
+        "position",
+        "clock",
+    ],
+)
+def test_a_hostile_checkpoint_is_one_line_and_changes_nothing(
+    tmp_path: Path, monkeypatch, edit
+) -> None:  # type: ignore[no-untyped-def]
+    from iht.errors import StoreError
+
+    out = tmp_path / "run"
+
+    class StopAt(train_module.StepProgress):
+        def __call__(self, step: int, history) -> None:  # type: ignore[no-untyped-def]
+            if step == 10:
+                raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "StepProgress", StopAt)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(CONFIG, out=out, log=lambda m: None)
+    _edit_checkpoint(out, edit)
+    before = sorted((p.name, p.stat().st_size) for p in out.iterdir())
+    with pytest.raises(StoreError, match=r"checkpoint\.pt"):
+        run_train(CONFIG, out=out, log=lambda m: None)
+    assert sorted((p.name, p.stat().st_size) for p in out.iterdir()) == before

@@ -167,7 +167,13 @@ def compare_command(
     )
     start = time.perf_counter()
     # Each finished seed is stored in DIR/partial/ as it ends: a stopped comparison resumes.
-    result = run_compare(config, dataset=dataset, progress=not no_progress, partial=partial)
+    result = run_compare(
+        config,
+        dataset=dataset,
+        progress=not no_progress,
+        partial=partial,
+        log=lambda message: click.echo(message, err=True),
+    )
     result.save(directory)
     click.echo(format_table(summarise(result.frame)))
     if not no_report:

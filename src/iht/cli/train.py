@@ -136,12 +136,29 @@ def train_command(
       iht train --data iris --sparsity 5
       iht train --data flowers.csv --target species --sparsity 10% --batch-size 32
     """
-    from ..experiments.train import run_train
+    from ..errors import StoreError
+    from ..experiments.train import default_out, read_train_run, run_train
     from ..report.train import summary_lines, write_train_report
 
     started = time.perf_counter()
     config = TrainConfig(**settings)  # type: ignore[arg-type]
-    run = run_train(config, out=out, overwrite=overwrite, progress=not no_progress, log=click.echo)
+    directory = out or default_out(config)
+    stored = None
+    if not overwrite and (directory / "metrics.json").exists():
+        # This very run finished already (its report not drawn: stopped, disk full): draw it.
+        try:
+            stored = read_train_run(directory)
+        except StoreError:
+            stored = None
+        if stored is not None and stored.record.config != config:
+            stored = None
+    if stored is not None:
+        click.echo(f"{directory} holds this run already; drawing its report")
+        run = stored
+    else:
+        run = run_train(
+            config, out=out, overwrite=overwrite, progress=not no_progress, log=click.echo
+        )
     report = None if no_report else write_train_report(run.directory)
     for line in summary_lines(run, report, time.perf_counter() - started):
         click.echo(line)

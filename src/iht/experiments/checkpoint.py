@@ -26,7 +26,7 @@ from ..errors import StoreError
 from ..storage.files import atomic_write_bytes, first_line, read_bounded, torch_bytes
 from ..training import History
 
-__all__ = ["CHECKPOINT_FILE", "Checkpoint", "read_checkpoint", "write_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "Checkpoint", "read_checkpoint", "restore", "write_checkpoint"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 _FORMAT = "iht-train-checkpoint-v1"
@@ -107,11 +107,51 @@ def read_checkpoint(directory: Path, model: nn.Module, *, steps: int) -> Checkpo
             raise _bad(path, f"its {name} does not have the shape of this run's")
         if value.dtype != expected[name].dtype or not bool(torch.isfinite(value).all()):
             raise _bad(path, f"its {name} has another dtype or non-finite values")
-    if generator is not None and not isinstance(generator, Tensor):
-        raise _bad(path, "its generator state is not a tensor")
+    if generator is not None and (
+        not isinstance(generator, Tensor)
+        or generator.dtype != torch.uint8
+        or generator.shape != torch.Generator().get_state().shape
+    ):
+        raise _bad(path, "its generator state is not a CPU generator's")
     if not isinstance(optimizer, dict):
         raise _bad(path, "its optimizer state is not a state dict")
+    clock = optimizer.get("steps_taken", 0)
+    if not isinstance(clock, int) or not 0 <= clock <= steps_done:
+        raise _bad(path, f"its optimizer clock ({clock!r}) does not fit its {steps_done} steps")
     return Checkpoint(steps_done, state, optimizer, generator, position, history)
+
+
+def restore(
+    checkpoint: Checkpoint,
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    steps_per_epoch: int,
+) -> None:
+    """Put ``checkpoint`` into the run's objects; a state they refuse is one StoreError.
+
+    Everything is checked before the model is written: the optimizer's state is loaded into
+    the optimizer first (torch checks its groups and shapes), then the generator's.
+    """
+    if not 0 <= checkpoint.epoch_position < max(steps_per_epoch, 1):
+        raise _bad(
+            path,
+            f"its epoch position {checkpoint.epoch_position} is not in 0..{steps_per_epoch - 1}",
+        )
+    try:
+        optimizer.load_state_dict(checkpoint.optimizer)
+        for p in (q for group in optimizer.param_groups for q in group["params"]):
+            for value in optimizer.state.get(p, {}).values():
+                if isinstance(value, Tensor) and value.dim() and value.shape != p.shape:
+                    raise ValueError("a state tensor does not have its parameter's shape")
+        if checkpoint.epoch_generator is not None:
+            generator.set_state(checkpoint.epoch_generator)
+    except (ValueError, RuntimeError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        raise _bad(
+            path, f"its optimizer or generator state does not fit this run ({first_line(exc)})"
+        ) from None
+    model.load_state_dict(checkpoint.model)
 
 
 def _bad(path: Path, why: str) -> StoreError:

@@ -70,6 +70,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -113,6 +114,7 @@ from ..storage.files import (
     make_own_dir,
     move_aside,
     parquet_bytes,
+    printable,
     read_json,
     read_parquet,
     write_json,
@@ -608,6 +610,7 @@ def run_compare(
     dataset: Dataset | None = None,
     progress: bool = False,
     partial: Path | None = None,
+    log: Callable[[str], None] = lambda message: None,
 ) -> CompareResult:
     """Run every method of ``config`` at every s and seed (see :class:`CompareResult`).
 
@@ -618,7 +621,10 @@ def run_compare(
         partial: a directory where each finished seed's rows are stored as it ends
             (``seed-NNNN.parquet``, beside the config they belong to); the seeds stored there
             for this config are read back instead of run again, so a stopped comparison
-            resumes. A directory holding another config's seeds is refused.
+            resumes. A directory holding another config's seeds is refused; a seed file
+            that is not this comparison's (:func:`check_rows`) is moved to ``corrupt/`` in
+            it and run again.
+        log: where those messages go.
 
     Raises:
         InvalidValueError, DataError: a level outside 1..P for this model; bad data.
@@ -631,14 +637,16 @@ def run_compare(
     total = len(config.methods) * len(levels) * config.seeds
     rows: list[dict[str, Any]] = []
     stored = _open_partial(partial, config)
+    per_seed = len([m for m in METHODS if m in config.methods]) * len(levels)
     with run_bar(total, "compare", enabled=progress) as bar, torch_threads(config.threads):
         for seed in range(config.seeds):
             path = None if partial is None else partial / f"seed-{seed:04d}.parquet"
             if path is not None and path.name in stored:
-                kept = cast(list[dict[str, Any]], read_parquet(path).to_dict("records"))
-                rows += kept
-                bar.update(len(kept))
-                continue
+                kept = _stored_seed(path, config, levels, seed, per_seed, log)
+                if kept is not None:
+                    rows += kept
+                    bar.update(len(kept))
+                    continue
             seed_rows = _run_seed(config, levels, dataset, seed, bar.update)
             if path is not None:
                 atomic_write_bytes(path, parquet_bytes(pd.DataFrame(seed_rows)))
@@ -667,6 +675,68 @@ def run_compare(
 
 PARTIAL = "partial"
 
+#: The columns of a comparison's rows (see :class:`CompareResult`), as stored.
+ROW_COLUMNS = (
+    "method",
+    "sparsity",
+    "seed",
+    "n_params",
+    "n_train",
+    "n_test",
+    "lr",
+    "steps",
+    "grad_evals",
+    "estimate_grad_evals",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "nonzeros",
+    "seconds",
+    "estimate_seconds",
+    "l1_nonzeros",
+)
+
+
+def check_rows(
+    frame: pd.DataFrame, config: CompareConfig, levels: Sequence[int], seeds: Sequence[int]
+) -> str | None:
+    """Why stored comparison rows are not those of ``config`` at ``levels`` and ``seeds``
+    (None when they are): columns, one row per method, level and seed, the config's steps,
+    and values in range (losses finite >= 0, accuracies in [0, 1], lr > 0, counts >= 0)."""
+    if list(frame.columns) != list(ROW_COLUMNS):
+        return "its columns are not a comparison's"
+    methods = [m for m in METHODS if m in config.methods]
+    expected = {(m, s, seed) for m in methods for s in levels for seed in seeds}
+    try:
+        found = list(
+            zip(
+                frame["method"],
+                frame["sparsity"].astype(int),
+                frame["seed"].astype(int),
+                strict=True,
+            )
+        )
+        numbers = frame[["lr", "train_loss", "test_loss", "train_acc", "test_acc"]].astype(float)
+        counts = frame[["steps", "nonzeros", "n_params"]].astype(int)
+    except (TypeError, ValueError):
+        return "it holds values of the wrong type"
+    if len(found) != len(expected) or set(found) != expected:
+        return f"it does not hold one row per method, level and seed of this comparison ({len(found)} rows, {len(expected)} expected)"
+    if (counts["steps"] != config.steps).any():
+        return f"it holds runs of another number of steps than {config.steps}"
+    losses = numbers[["train_loss", "test_loss"]].to_numpy()
+    accs = numbers[["train_acc", "test_acc"]].to_numpy()
+    if not (np.isfinite(losses).all() and (losses >= 0).all()):
+        return "it holds a loss that is negative or not finite"
+    if not ((accs >= 0) & (accs <= 1)).all():
+        return "it holds an accuracy outside [0, 1]"
+    if not (numbers["lr"].to_numpy() > 0).all() or (counts["nonzeros"] < 0).any():
+        return "it holds a step size <= 0 or a negative count"
+    if (counts["nonzeros"] > counts["n_params"]).any():
+        return "it holds more nonzeros than parameters"
+    return None
+
 
 def holds_only_partial(directory: Path) -> bool:
     """Whether ``directory`` holds nothing but a comparison's finished seeds (and the
@@ -675,6 +745,30 @@ def holds_only_partial(directory: Path) -> bool:
         return False
     names = [p.name for p in directory.iterdir()]
     return PARTIAL in names and all(n == PARTIAL or n.startswith("replaced-") for n in names)
+
+
+def _stored_seed(
+    path: Path,
+    config: CompareConfig,
+    levels: tuple[int, ...],
+    seed: int,
+    per_seed: int,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]] | None:
+    """A finished seed's stored rows, checked; a file that fails is moved aside (None)."""
+    try:
+        frame = read_parquet(path, max_rows=per_seed)
+        why = check_rows(frame, config, levels, [seed])
+    except StoreError as exc:
+        why = str(exc)
+    if why is None:
+        log(f"seed {seed}: its {per_seed} finished runs are read from {path}")
+        return cast(list[dict[str, Any]], frame.to_dict("records"))
+    aside = path.parent / "corrupt"
+    make_own_dir(aside)
+    os.replace(path, aside / f"{path.name}.{time.time_ns()}")
+    log(f"{printable(path.name)}: {why}; moved to {aside}, seed {seed} will be run again")
+    return None
 
 
 def _open_partial(partial: Path | None, config: CompareConfig) -> set[str]:
@@ -695,7 +789,7 @@ def _open_partial(partial: Path | None, config: CompareConfig) -> set[str]:
             f"{partial} holds the finished seeds of another comparison; use --overwrite to "
             "move them aside, or another --out"
         )
-    return {p.name for p in partial.glob("seed-*.parquet")}
+    return {p.name for p in partial.iterdir() if p.name.startswith("seed-")}
 
 
 def read_comparison(directory: str | Path) -> CompareResult:
@@ -707,5 +801,9 @@ def read_comparison(directory: str | Path) -> CompareResult:
     directory = Path(directory)
     with reading_stored(directory, "a saved comparison"):
         record = from_dict(CompareRecord, read_json(directory / "config.json"), where="config.json")
-        frame = read_parquet(directory / "results.parquet")
+        n_rows = len(record.config.methods) * len(record.levels) * record.config.seeds
+        frame = read_parquet(directory / "results.parquet", max_rows=n_rows)
+    why = check_rows(frame, record.config, record.levels, range(record.config.seeds))
+    if why is not None:
+        raise StoreError(f"{directory / 'results.parquet'} is not this comparison's results: {why}")
     return CompareResult(record, frame)

@@ -51,6 +51,7 @@ from ..storage.files import (
     atomic_write_bytes,
     check_output_dir,
     json_text,
+    lock_directory,
     make_dir,
     move_aside,
     parquet_bytes,
@@ -62,7 +63,7 @@ from ..storage.files import (
 )
 from ..storage.records import from_dict, reading_stored, to_dict
 from ..training import History, evaluate, fit
-from .checkpoint import CHECKPOINT_FILE, Checkpoint, read_checkpoint, write_checkpoint
+from .checkpoint import CHECKPOINT_FILE, Checkpoint, read_checkpoint, restore, write_checkpoint
 from .config import Recipe, TrainConfig, recipe
 from .progress import StepProgress
 from .stopping import StopAtStep
@@ -463,6 +464,63 @@ def _train(
         versions={"iht": __version__, "torch": torch.__version__},
     )
 
+    make_dir(directory)
+    # One writer at a time: held until this function returns (or the process ends).
+    lock = lock_directory(directory)
+    try:
+        return _train_locked(
+            config,
+            plan,
+            data,
+            budget,
+            model,
+            record,
+            directory,
+            overwrite,
+            lr,
+            steps,
+            steps_per_epoch,
+            X,
+            y,
+            loss_fn,
+            dense_init,
+            lr_time,
+            train,
+            test,
+            seeds,
+            progress,
+            started,
+            log,
+        )
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train_locked(
+    config: TrainConfig,
+    plan: Recipe,
+    data: Dataset,
+    budget: Budget,
+    model: nn.Sequential,
+    record: TrainRecord,
+    directory: Path,
+    overwrite: bool,
+    lr: float,
+    steps: int,
+    steps_per_epoch: int,
+    X: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[nn.Module], Tensor],
+    dense_init: dict[str, Tensor],
+    lr_time: float,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    seeds: TrainSeeds,
+    progress: bool,
+    started: float,
+    log: Callable[[str], None],
+) -> TrainResult:
     resume = not overwrite and _unfinished(directory)
     if resume:
         stored = read_bounded(directory / "config.json", 1 << 20)
@@ -472,7 +530,6 @@ def _train(
                 "move it aside, or another --out"
             )
     else:
-        make_dir(directory)
         moved = move_aside(directory) if overwrite else None
         if moved is not None:
             log(f"moved the earlier contents of {directory} to {moved}")
@@ -487,11 +544,8 @@ def _train(
     shuffle = torch.Generator().manual_seed(seeds.shuffle)
     checkpoint = read_checkpoint(directory, model, steps=steps) if resume else None
     if checkpoint is not None:
-        model.load_state_dict(checkpoint.model)
-        optimizer.load_state_dict(checkpoint.optimizer)
+        restore(checkpoint, directory / CHECKPOINT_FILE, model, optimizer, shuffle, steps_per_epoch)
         history = checkpoint.history
-        if checkpoint.epoch_generator is not None:
-            shuffle.set_state(checkpoint.epoch_generator)
         log(f"resuming: {checkpoint.steps_done} of {steps} steps done in {directory}")
     saver = _Checkpointer(
         directory, model, optimizer, shuffle, history, steps_per_epoch, plan.batch_size is not None
@@ -807,5 +861,32 @@ def read_train_run(directory: str | Path) -> TrainResult:
             TrainMetrics, read_json(directory / "metrics.json"), where="metrics.json"
         )
         certificate = read_json(directory / "certificate.json")
-        history = read_parquet(directory / "history.parquet")
+        history = read_parquet(directory / "history.parquet", max_rows=record.training.steps)
+    why = _history_problem(history, record) or _certificate_problem(certificate)
+    if why is not None:
+        raise StoreError(f"{directory} is not a finished train run: {why}")
     return TrainResult(directory, record, metrics, certificate, history)
+
+
+def _history_problem(history: pd.DataFrame, record: TrainRecord) -> str | None:
+    """Why a stored history is not one of ``record``'s run (None when it is)."""
+    wanted = [c for c in History().columns() if c not in history.columns]
+    if wanted:
+        return f"history.parquet lacks the column(s) {', '.join(wanted)}"
+    for name in history.columns:
+        if not pd.api.types.is_numeric_dtype(history[name]) or pd.api.types.is_bool_dtype(
+            history[name]
+        ):
+            return f"history.parquet's column {str(name)[:40]!r} is not numeric"
+    steps = history["step"].to_numpy()
+    if len(steps) != record.training.steps or not np.array_equal(steps, np.arange(len(steps))):
+        return f"history.parquet does not hold the steps 0..{record.training.steps - 1}"
+    return None
+
+
+def _certificate_problem(certificate: object) -> str | None:
+    if not isinstance(certificate, dict):
+        return "certificate.json is not a certificate (not a JSON object)"
+    if not isinstance(certificate.get("stable"), bool):
+        return "certificate.json has no stable: true/false"
+    return None

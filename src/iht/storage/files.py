@@ -17,7 +17,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "check_output_dir",
     "first_line",
     "json_text",
+    "lock_directory",
     "make_dir",
     "make_own_dir",
     "move_aside",
@@ -140,6 +141,42 @@ def make_own_dir(directory: Path) -> None:
         raise StoreError(f"{printable(directory)} is a file, not a directory")
 
 
+def lock_directory(directory: Path) -> IO[bytes] | None:
+    """Take an exclusive lock on ``directory/.lock`` (held until the handle is closed or the
+    process ends, ``kill -9`` included); None where there is no ``fcntl`` (not POSIX).
+
+    The lock file is opened without following a link and without blocking (a FIFO put in
+    its place would hang an ``open``), and must be a regular file.
+
+    Raises:
+        StoreError: another process holds the lock, or ``.lock`` is not a regular file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    path = directory / ".lock"
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot use the lock file {printable(path)}: {exc.strerror or exc}"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{printable(path)} is not a regular file; remove it")
+    handle = os.fdopen(fd, "r+b")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StoreError(
+            f"{printable(directory)} is in use by another iht process; wait for it to finish"
+        ) from None
+    return handle
+
+
 def read_bounded(path: Path, limit: int) -> bytes:
     """The bytes of ``path``, a regular file of at most ``limit`` bytes, not a link.
 
@@ -189,7 +226,11 @@ def move_aside(directory: Path, entries: list[Path] | None = None) -> Path | Non
     Returns the backup folder, or None when there was nothing to move.
     """
     if entries is None:
-        entries = [p for p in directory.iterdir() if not p.name.startswith("replaced-")]
+        entries = [
+            p
+            for p in directory.iterdir()
+            if not p.name.startswith("replaced-") and p.name != ".lock"
+        ]
     if not entries:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -221,7 +262,7 @@ def read_json(path: Path) -> Any:
         return json.loads(read_bounded(path, MAX_JSON_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise StoreError(f"{path} cannot be read as JSON: {first_line(exc)}") from None
 
 
@@ -231,15 +272,30 @@ MAX_JSON_BYTES = 16 << 20
 MAX_TABLE_BYTES = 1 << 30
 
 
-def read_parquet(path: Path) -> pd.DataFrame:
+def read_parquet(path: Path, *, max_rows: int | None = None) -> pd.DataFrame:
     """A Parquet file of a results directory as a frame, read within :data:`MAX_TABLE_BYTES`
-    (a regular file, not a link; see :func:`read_bounded`)."""
+    (a regular file, not a link; see :func:`read_bounded`) and, with ``max_rows``, refused
+    from its footer, unread, when it claims more rows (a small file can declare millions).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        StoreError: it cannot be read, or claims more than ``max_rows`` rows.
+    """
     import pandas as pd
+    import pyarrow.parquet as pq
 
     data = read_bounded(path, MAX_TABLE_BYTES)
     try:
+        if max_rows is not None:
+            rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+            if rows > max_rows:
+                raise StoreError(
+                    f"{printable(path)} claims {rows} rows; it can hold at most {max_rows}"
+                )
         return pd.read_parquet(io.BytesIO(data))
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+    except (OSError, ValueError, MemoryError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        if isinstance(exc, StoreError):
+            raise
         raise StoreError(
             f"{printable(path)} is not a readable Parquet file: {first_line(exc)}"
         ) from None
@@ -262,8 +318,9 @@ def check_output_dir(directory: Path, *, overwrite: bool) -> None:
     """
     if directory.exists() and not directory.is_dir():
         raise StoreError(f"--out {directory} exists and is not a directory")
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        shown = ", ".join(sorted(p.name for p in directory.iterdir())[:4])
+    held = [p for p in directory.iterdir() if p.name != ".lock"] if directory.is_dir() else []
+    if held and not overwrite:  # (a lock file left by a finished or killed run is not in the way)
+        shown = ", ".join(sorted(p.name for p in held)[:4])
         raise StoreError(
             f"{directory} is not empty (holds {shown}, ...); choose another --out, or add "
             "--overwrite to move its contents aside (nothing is deleted)"

@@ -55,6 +55,8 @@ __all__ = [
 #: The oracle's results in a study directory: one row per (split index, s).
 ORACLE_FILE = "oracle.parquet"
 _MAX_ORACLE_BYTES = 256 << 20
+#: Columns every stored oracle row has (what the report and a rerun select on).
+_ORACLE_KEY_COLUMNS = ("index", "s", "data_seed", "gtol", "tie_tol")
 #: An IHT run whose training loss is below the optimum by more than this is a bug.
 VIOLATION_TOL = 1e-9
 
@@ -272,11 +274,18 @@ def read_oracle(path: Path) -> pd.DataFrame:
     """
     try:
         # Bounded: a regular file of this store (no link, FIFO or device), of an oracle's size.
-        return pq.read_table(pa.BufferReader(read_bounded(path, _MAX_ORACLE_BYTES))).to_pandas()
+        frame = pq.read_table(pa.BufferReader(read_bounded(path, _MAX_ORACLE_BYTES))).to_pandas()
     except (OSError, pa.ArrowException) as exc:
         raise StoreError(
             f"{path} cannot be read ({exc}); move it aside or use --overwrite"
         ) from None
+    missing = [c for c in _ORACLE_KEY_COLUMNS if c not in frame.columns]
+    if missing:
+        raise StoreError(
+            f"{path} is not an oracle file (no column {', '.join(missing)}); move it aside or "
+            "use --overwrite"
+        )
+    return frame
 
 
 def _mismatch(

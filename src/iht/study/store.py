@@ -45,6 +45,7 @@ from ..errors import StoreError
 from ..storage.files import (
     atomic_write_bytes,
     first_line,
+    lock_directory,
     make_own_dir,
     move_aside,
     printable,
@@ -55,11 +56,6 @@ from .config import DENSE, StudyConfig
 from .part_check import check_part, part_metadata
 from .schema import RunRow
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no lock, and temporary files are left where they are
-    fcntl = None  # type: ignore[assignment]
-
 __all__ = ["ResultStore", "run_schema"]
 
 _LOCK = ".lock"
@@ -67,7 +63,7 @@ _CONFIG_DIGEST = "config.sha256"
 _MAX_CONFIG_BYTES = 1 << 16
 #: This store's own temporary files in DIR (config, write probe) and in DIR/parts. (Not
 #: the report's: ``iht report`` may be writing beside us, without the lock.)
-_TEMP_GLOBS = (".config.json-*.tmp", ".probe-*")
+_TEMP_GLOBS = (".config.json-*.tmp", ".config.sha256-*.tmp", ".probe-*")
 _PART_TEMP_GLOB = ".*.tmp"
 
 
@@ -152,20 +148,8 @@ class ResultStore:
             self._lock = None
 
     def _acquire_lock(self) -> None:
-        if fcntl is None or self._lock is not None:
-            return
-        lock = self.directory / _LOCK
-        if lock.is_symlink():
-            raise StoreError(f"{lock} is a link; iht writes only inside its results directory")
-        handle = open(lock, "ab")  # noqa: SIM115 (held until close())
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise StoreError(
-                f"{self.directory} is in use by another iht process; wait for it to finish"
-            ) from None
-        self._lock = handle
+        if self._lock is None:
+            self._lock = lock_directory(self.directory)
 
     def _remove_stale_temporaries(self) -> None:
         """Delete the temporary files of a writer that was killed (we hold the lock)."""
@@ -173,8 +157,9 @@ class ResultStore:
             return
         paths = [p for pattern in _TEMP_GLOBS for p in self.directory.glob(pattern)]
         for path in [*paths, *self.parts.glob(_PART_TEMP_GLOB)]:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            if path.is_symlink() or path.is_file():  # ours are files; anything else is left
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _holds_other_files(self) -> bool:
         """Whether the directory holds anything but the lock and temporaries of a killed run."""
