@@ -148,7 +148,7 @@ def compare_command(
             click.echo(f"report: {write_compare_report(directory)}", err=True)
         return
     from ..experiments.compare import PARTIAL, holds_only_partial
-    from ..storage.files import move_aside
+    from ..storage.files import lock_directory, make_dir, move_aside
 
     partial = directory / PARTIAL
     if overwrite:
@@ -167,14 +167,20 @@ def compare_command(
     )
     start = time.perf_counter()
     # Each finished seed is stored in DIR/partial/ as it ends: a stopped comparison resumes.
-    result = run_compare(
-        config,
-        dataset=dataset,
-        progress=not no_progress,
-        partial=partial,
-        log=lambda message: click.echo(message, err=True),
-    )
-    result.save(directory)
+    make_dir(directory)
+    lock = lock_directory(directory)  # one writer at a time, until the results are saved
+    try:
+        result = run_compare(
+            config,
+            dataset=dataset,
+            progress=not no_progress,
+            partial=partial,
+            log=lambda message: click.echo(message, err=True),
+        )
+        result.save(directory)
+    finally:
+        if lock is not None:
+            lock.close()
     click.echo(format_table(summarise(result.frame)))
     if not no_report:
         html = write_compare_report(directory)

@@ -743,7 +743,7 @@ def holds_only_partial(directory: Path) -> bool:
     earlier contents ``--overwrite`` moved aside)."""
     if not directory.is_dir():
         return False
-    names = [p.name for p in directory.iterdir()]
+    names = [p.name for p in directory.iterdir() if p.name != ".lock"]
     return PARTIAL in names and all(n == PARTIAL or n.startswith("replaced-") for n in names)
 
 
