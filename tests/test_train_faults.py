@@ -210,7 +210,7 @@ def test_a_run_killed_before_its_first_checkpoint_does_not_block_the_same_comman
         patch.setattr(train_module, "fit", killed)
         with pytest.raises(SystemExit):
             run_train(CONFIG, out=out, log=lambda m: None)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json"]
     run_train(CONFIG, out=out, log=lambda m: None)
     _same_run(uninterrupted_lib, out)
 

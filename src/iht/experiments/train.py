@@ -353,24 +353,30 @@ def run_train(
     if overwrite or not _unfinished(directory):  # an unfinished run of this config resumes
         check_output_dir(directory, overwrite=overwrite)
 
-    with torch_threads(config.threads):
-        return _train(
-            config,
-            plan,
-            data,
-            budget,
-            model,
-            seeds=seeds,
-            train=train,
-            test=test,
-            steps=steps,
-            steps_per_epoch=steps_per_epoch,
-            directory=directory,
-            overwrite=overwrite,
-            progress=progress,
-            started=started,
-            log=log,
-        )
+    make_dir(directory)
+    lock = lock_directory(directory)  # one writer at a time, until the run is stored
+    try:
+        with torch_threads(config.threads):
+            return _train(
+                config,
+                plan,
+                data,
+                budget,
+                model,
+                seeds=seeds,
+                train=train,
+                test=test,
+                steps=steps,
+                steps_per_epoch=steps_per_epoch,
+                directory=directory,
+                overwrite=overwrite,
+                progress=progress,
+                started=started,
+                log=log,
+            )
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def _train(
@@ -464,63 +470,6 @@ def _train(
         versions={"iht": __version__, "torch": torch.__version__},
     )
 
-    make_dir(directory)
-    # One writer at a time: held until this function returns (or the process ends).
-    lock = lock_directory(directory)
-    try:
-        return _train_locked(
-            config,
-            plan,
-            data,
-            budget,
-            model,
-            record,
-            directory,
-            overwrite,
-            lr,
-            steps,
-            steps_per_epoch,
-            X,
-            y,
-            loss_fn,
-            dense_init,
-            lr_time,
-            train,
-            test,
-            seeds,
-            progress,
-            started,
-            log,
-        )
-    finally:
-        if lock is not None:
-            lock.close()
-
-
-def _train_locked(
-    config: TrainConfig,
-    plan: Recipe,
-    data: Dataset,
-    budget: Budget,
-    model: nn.Sequential,
-    record: TrainRecord,
-    directory: Path,
-    overwrite: bool,
-    lr: float,
-    steps: int,
-    steps_per_epoch: int,
-    X: Tensor,
-    y: Tensor,
-    loss_fn: Callable[[nn.Module], Tensor],
-    dense_init: dict[str, Tensor],
-    lr_time: float,
-    train: tuple[Tensor, Tensor],
-    test: tuple[Tensor, Tensor],
-    seeds: TrainSeeds,
-    progress: bool,
-    started: float,
-    log: Callable[[str], None],
-) -> TrainResult:
     resume = not overwrite and _unfinished(directory)
     if resume:
         stored = read_bounded(directory / "config.json", 1 << 20)
