@@ -107,6 +107,17 @@ def test_a_parameter_listed_twice_is_refused_everywhere() -> None:
     assert int((w != 0).sum()) == 10  # nothing was changed on the way
 
 
+def test_parameters_sharing_memory_are_refused_disjoint_views_are_not() -> None:
+    w = nn.Parameter(torch.arange(1.0, 11.0))
+    with pytest.raises(InvalidValueError, match="shares memory"):
+        iht.IHT([w, nn.Parameter(w.data)], lr=0.1, sparsity=3)
+    with pytest.raises(InvalidValueError, match="shares memory"):
+        iht.sparse_init_([w, nn.Parameter(w.data[2:5])], 3)
+    flat = torch.randn(20)
+    halves = [nn.Parameter(flat[:10]), nn.Parameter(flat[10:])]
+    iht.IHT(halves, lr=0.1, sparsity=3)  # one buffer, two disjoint ranges: fine
+
+
 def test_sparse_gradients_are_named_by_both_optimizers() -> None:
     emb = nn.Embedding(10, 3, sparse=True)
     emb(torch.tensor([1, 2])).sum().backward()

@@ -329,9 +329,11 @@ def boundary_tie(x: Tensor, s: int) -> Tensor:
 
 
 def refuse_repeated(params: Iterable[Tensor]) -> None:
-    """Raise InvalidValueError when a tensor is listed twice: it would be stepped twice per
-    step and counted twice against its budget."""
+    """Raise InvalidValueError when a tensor is listed twice, or two share memory (e.g.
+    ``nn.Parameter(w.data)`` beside ``w``): it would be stepped twice per step and counted
+    twice against its budget."""
     seen: set[int] = set()
+    spans: dict[int, list[tuple[int, int]]] = {}  # storage address -> element ranges used
     for i, p in enumerate(params):
         if id(p) in seen:
             raise InvalidValueError(
@@ -339,6 +341,17 @@ def refuse_repeated(params: Iterable[Tensor]) -> None:
                 "list each parameter once"
             )
         seen.add(id(p))
+        if p.device.type == "meta" or p.layout != torch.strided or not p.is_contiguous():
+            continue  # (no memory to share, or no simple range of it)
+        start = int(p.storage_offset()) * p.element_size()
+        span = (start, start + p.numel() * p.element_size())
+        ranges = spans.setdefault(p.untyped_storage().data_ptr(), [])
+        if any(a < span[1] and span[0] < b for a, b in ranges):
+            raise InvalidValueError(
+                f"a parameter of shape {tuple(p.shape)} (at position {i}) shares memory with "
+                "another one listed; list each parameter once"
+            )
+        ranges.append(span)
 
 
 def flatten(tensors: Iterable[Tensor]) -> Tensor:
