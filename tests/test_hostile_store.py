@@ -567,3 +567,23 @@ def test_an_oracle_file_of_other_columns_is_one_line(reference, tmp_path: Path, 
     err = capsys.readouterr().err
     assert "not an oracle file" in err and len(err.strip().splitlines()) == 1, err
     assert main(["report", str(directory)]) == 0  # the report is drawn, without that figure
+
+
+def test_a_config_edited_with_its_checksum_gets_advice_that_works(
+    reference, tmp_path: Path
+) -> None:
+    import hashlib
+
+    directory = _copy(reference, tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    config["tol"] = 0.5
+    text = json.dumps(config).encode()
+    (directory / "config.json").write_bytes(text)
+    (directory / "config.sha256").write_text(hashlib.sha256(text).hexdigest() + "\n")
+    with pytest.raises(StoreError, match=r"config\.json was changed after the parts were written"):
+        ResultStore(directory).load()
+    # the advice: reproduce with the settings config.json now holds recomputes the parts
+    messages: list[str] = []
+    run_study(StudyConfig.from_dict(config), directory, progress=False, log=messages.append)
+    assert sum("belongs to another study config" in m for m in messages) == 5
+    assert len(ResultStore(directory).load()) == len(reference[1])

@@ -310,6 +310,12 @@ class ResultStore:
     def _reject(self, path: Path, why: str, *, move: bool) -> str:
         name = printable(path.name)
         if not move:
+            if "another study config" in why:  # config.json and its checksum were both edited
+                raise StoreError(
+                    f"part {name} {why}: config.json was changed after the parts were written; "
+                    "restore it, or run `iht reproduce` with the settings it now holds to "
+                    "recompute the parts"
+                )
             raise StoreError(
                 f"part {name} {why}; run the same `iht reproduce` command again to move it "
                 "aside and recompute it"
