@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import warnings
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InvalidValueError
+from .untrusted import Refused, read_regular_file
 
 __all__ = [
     "FORMAT",
@@ -83,7 +83,13 @@ def load_sparse(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
         ValueError: the file is not an iht sparse export, is malformed, or does not match.
     """
     params = dict(model.named_parameters())
-    data = _read_bounded(path, max_export_bytes(sum(p.numel() for p in params.values())))
+    limit = max_export_bytes(sum(p.numel() for p in params.values()))
+    try:
+        data = read_regular_file(path, limit, follow_links=True)
+    except FileNotFoundError:
+        raise InvalidValueError(f"cannot read {path}: no such file") from None
+    except Refused as exc:
+        raise InvalidValueError(f"{path} {exc}") from None
     try:
         with torch.sparse.check_sparse_tensor_invariants(enable=True):
             payload = torch.load(io.BytesIO(data), weights_only=True)
@@ -105,31 +111,6 @@ def load_sparse(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     for name, value in dense.items():  # every tensor checked: now write
         params[name].copy_(value)
     return model
-
-
-def _read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes (no FIFO, device or bomb)."""
-    try:
-        with open(path, "rb", opener=_open_nonblocking) as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise InvalidValueError(f"{path} is not a regular file")
-            if info.st_size > limit:
-                raise InvalidValueError(
-                    f"{path} has {info.st_size} bytes; a sparse export of this model has at "
-                    f"most {limit}"
-                )
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise InvalidValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise InvalidValueError(f"{path} grew beyond {limit} bytes while being read")
-    return data
-
-
-def _open_nonblocking(path: str, flags: int) -> int:
-    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just after).
-    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def _checked_dense(path: object, name: str, stored: object, param: Tensor) -> Tensor:

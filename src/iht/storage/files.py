@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import StoreError
+from ..untrusted import Refused, read_regular_file
 
 if TYPE_CHECKING:  # pandas is imported by the callers that have frames
     import pandas as pd
@@ -188,27 +189,9 @@ def read_bounded(path: Path, limit: int) -> bytes:
         StoreError: anything else, in one line naming the file.
     """
     try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise StoreError(f"cannot read {printable(path)}: {exc.strerror or exc}") from None
-    if stat.S_ISLNK(info.st_mode):
-        raise StoreError(f"{printable(path)} is a link; iht reads only its own files")
-    if not stat.S_ISREG(info.st_mode):
-        raise StoreError(f"{printable(path)} is not a regular file")
-    if info.st_size > limit:
-        raise StoreError(f"{printable(path)} has {info.st_size} bytes; at most {limit} expected")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise StoreError(f"cannot read {printable(path)}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise StoreError(f"{printable(path)} grew beyond {limit} bytes while being read")
-    return data
+        return read_regular_file(path, limit, follow_links=False)
+    except Refused as exc:
+        raise StoreError(f"{printable(path)} {exc}") from None
 
 
 def printable(text: object) -> str:
