@@ -402,7 +402,6 @@ def param_pools(
     ``"min_nonzeros"`` is the least nonzeros each of its tensors keeps. Frozen tensors (no grad
     required, none given) are in no pool.
     """
-    refuse_repeated(p for group in param_groups for p in group["params"])
     pools: list[ParamPool] = []
     shared: list[Tensor] = []
     shared_lrs: list[float] = []

@@ -43,7 +43,7 @@ from .optim import (
     project_,
 )
 from .schedules import Constant, Schedule
-from .threshold import check_sparsity
+from .threshold import check_sparsity, refuse_repeated
 
 __all__ = ["STATE_POLICIES", "SparseOptimizer"]
 
@@ -167,6 +167,8 @@ class SparseOptimizer(Optimizer):
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def _check_budgets(self) -> None:
+        # At construction and add_param_group, not every step: the groups are fixed between.
+        refuse_repeated(p for group in self.param_groups for p in group["params"])
         for pool in param_pools(self.param_groups, self.sparsity):
             if pool.sparsity is not None:
                 name = "sparsity" if pool.key == "global" else f"sparsity of {pool.key}"
