@@ -54,7 +54,14 @@ def test_load_dataset_picks_builtin_or_csv(tmp_path: Path) -> None:
         load_dataset(str(path))
     with pytest.raises(DataError, match=r"no such file 'nope\.csv'.*iris, wine"):
         load_dataset("nope.csv", target="y")
-    assert set(BUILTIN_DATASETS) == {"iris", "wine", "breast_cancer", "digits", "mnist1d"}
+    assert set(BUILTIN_DATASETS) == {
+        "iris",
+        "wine",
+        "breast_cancer",
+        "digits",
+        "mnist1d",
+        "diabetes",
+    }
 
 
 def test_mnist1d_is_generated_offline_cached_and_leaves_the_global_rngs_alone(

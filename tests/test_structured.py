@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import best_groups, best_nm
+from torch import Tensor
 
 from iht.errors import InvalidValueError
 from iht.structured import group_hard_threshold, group_mask, nm_hard_threshold, nm_mask, parse_nm
@@ -203,3 +204,128 @@ def test_structured_budgets_refuse_what_they_cannot_do(group: dict, match: str) 
     w = torch.randn(6, 6, requires_grad=True)
     with pytest.raises(InvalidValueError, match=match):
         iht.IHT([{"params": [w], **group}], lr=0.1)
+
+
+# --- structured budgets of a model, and their certificates -------------------------------
+
+from iht import plan_budget  # noqa: E402
+from iht.budget import plan_structured_budget  # noqa: E402
+from iht.certify import certify_budget, structured_figures  # noqa: E402
+from iht.structured import Structure  # noqa: E402
+
+
+def _mlp() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 12), torch.nn.ReLU(), torch.nn.Linear(12, 8), torch.nn.ReLU(),
+        torch.nn.Linear(8, 3),
+    ).double()  # fmt: skip
+
+
+def test_a_neuron_budget_keeps_whole_rows_of_every_hidden_layer_at_every_step() -> None:
+    model = _mlp()
+    budget = plan_structured_budget(model, "neuron", "50%")
+    assert budget.structure == "group"
+    pools = {p.name: p for p in budget.pools}
+    assert (pools["0"].sparsity, pools["2"].sparsity) == (6, 4)  # half of 12 and of 8 rows
+    assert pools["0"].params == ("0.weight", "0.bias") and pools["0"].structure == "group+bias"
+    assert pools["dense"].params == ("4.weight", "4.bias")
+    budget.sparse_init_(model, generator=torch.Generator().manual_seed(1))
+    opt = budget.wrap(model, lambda g: torch.optim.Adam(g, lr=0.05))
+    X, y = torch.randn(32, 8, dtype=torch.float64), torch.randint(0, 3, (32,))
+    for _ in range(20):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+        for name, rows in (("0.weight", 6), ("2.weight", 4)):
+            w = dict(model.named_parameters())[name]
+            kept = (w != 0).any(dim=1)
+            assert int(kept.sum()) <= rows
+            # a row is kept whole or dropped whole: no partially zeroed rows from the projection
+            assert bool(((w != 0).all(dim=1) | ~kept).all())
+    assert budget.max_nonzeros == 6 * 9 + 4 * 13 + 8 * 3 + 3
+
+
+def test_a_2_4_budget_applies_to_the_weights_that_fit_it() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)
+    ).double()
+    budget = plan_structured_budget(model, "2:4")
+    assert [p.name for p in budget.pools if not p.dense] == ["0"]  # rows of 6: not 4's multiple
+    assert budget.sparsity == 24 and budget.structure == "2:4"
+    budget.sparse_init_(model, generator=torch.Generator().manual_seed(0))
+    w = model[0].weight.detach()
+    assert bool(((w.reshape(-1, 4) != 0).sum(dim=1) == 2).all())
+
+
+@pytest.mark.parametrize(
+    ("structure", "sparsity", "match"),
+    [
+        ("neuron", None, "needs --sparsity"),
+        ("2:4", "50%", "leave out --sparsity"),
+        ("neuron", 1, "cannot keep one row in each of the 2"),
+        ("0:4", None, "1 <= N <= M"),
+        ("diagonal", None, "structure must be entry, neuron, channel"),
+    ],
+)
+def test_structured_budgets_say_what_is_wrong(structure: str, sparsity: object, match: str) -> None:
+    with pytest.raises(InvalidValueError, match=match):
+        plan_structured_budget(_mlp(), structure, sparsity)  # type: ignore[arg-type]
+
+
+def _fixed_point_case(data: st.DataObject, kind: str) -> tuple[Tensor, Tensor, Structure, int]:
+    rows, m = data.draw(st.integers(2, 5)), 4
+    x = torch.tensor(
+        data.draw(st.lists(st.lists(VALUES, min_size=m, max_size=m), min_size=rows, max_size=rows)),
+        dtype=torch.float64,
+    )
+    if kind == "group":
+        structure, s = Structure("group"), data.draw(st.integers(1, rows))
+        theta = x * group_mask([x], s)[0]
+    else:
+        structure, s = Structure("nm", 2, 4), 0
+        theta = x * nm_mask(x, 2, 4)
+    g = torch.tensor(
+        data.draw(st.lists(st.lists(VALUES, min_size=m, max_size=m), min_size=rows, max_size=rows)),
+        dtype=torch.float64,
+    )
+    if kind == "group":
+        g = torch.where((theta != 0).any(dim=1, keepdim=True), torch.zeros_like(g), g) / 4
+    else:
+        g = torch.where(theta != 0, torch.zeros_like(g), g) / 4
+    return theta, g, structure, s
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), kind=st.sampled_from(["group", "nm"]))
+def test_structured_stability_is_the_fixed_point_of_the_projected_map(
+    data: st.DataObject, kind: str
+) -> None:
+    """With the gradient zero on the support, stable (and no tie) exactly when the structured
+    IHT map leaves theta where it is, checked by applying the map."""
+    theta, g, structure, s = _fixed_point_case(data, kind)
+    fig = structured_figures([theta], [g], lr=1.0, structure=structure, sparsity=s, grad_tol=0.0)
+    candidate = theta - g
+    budget = s if kind == "group" else structure.implied([candidate])
+    mapped = candidate * structure.mask([candidate], budget).reshape(candidate.shape)
+    if not fig["tie"]:
+        assert fig["stable"] == bool(torch.equal(mapped, theta))
+    assert fig["residual"] == pytest.approx(float((theta - mapped).norm()))
+
+
+def test_a_structured_budget_is_certified_with_its_own_projection() -> None:
+    model = _mlp()
+    budget = plan_structured_budget(model, "neuron", "50%")
+    budget.sparse_init_(model, generator=torch.Generator().manual_seed(1))
+    X, y = torch.randn(32, 8, dtype=torch.float64), torch.randint(0, 3, (32,))
+    cert = certify_budget(
+        model, lambda m: torch.nn.functional.cross_entropy(m(X), y), lr=0.1, budget=budget
+    )
+    assert cert["structure"] == "group"
+    by_name = {p["name"]: p for p in cert["pools"]}
+    assert by_name["0"]["kept_groups"] == 6 and by_name["2"]["kept_groups"] == 4
+    assert by_name["0"]["structure"] == "group+bias" and cert["stable"] is False  # not trained
+    # the entry-wise certificate of the same point would count nonzeros against s rows
+    assert cert["nonzeros"] == 6 * 9 + 4 * 13
+    entry = plan_budget(model, 5)
+    assert entry.structure == "entry"

@@ -30,6 +30,7 @@ from .errors import InvalidValueError
 from .init import sparse_init_
 from .optim import IHT
 from .sparse_optimizer import SparseOptimizer
+from .structured import parse_nm, parse_structure
 
 __all__ = [
     "ALLOCATIONS",
@@ -46,6 +47,7 @@ __all__ = [
     "parse_sparsity",
     "parse_sparsity_list",
     "plan_budget",
+    "plan_structured_budget",
     "weight_names",
 ]
 
@@ -247,7 +249,10 @@ def apportion(total: int, sizes: Sequence[int]) -> list[int]:
 class Pool:
     """A set of parameters sharing one budget (H_s acts on their concatenation).
 
-    ``sparsity`` equals ``size`` for a dense pool (``dense=True``).
+    ``sparsity`` equals ``size`` for a dense pool (``dense=True``). A structured pool
+    (``structure`` ``"group"`` or an N:M pattern such as ``"2:4"``, :mod:`iht.structured`)
+    counts its budget in ``units``: ``sparsity`` rows (output neurons, channels) of ``units``
+    for groups; for N:M the nonzeros the pattern keeps.
     """
 
     name: str
@@ -256,6 +261,15 @@ class Pool:
     sparsity: int
     dense: bool = False
     min_per_tensor: int = 0
+    structure: str = "entry"
+    units: int = 0
+
+    @property
+    def max_nonzeros(self) -> int:
+        """The most nonzeros the pool can hold: s entries, or s rows' entries."""
+        if self.structure in ("group", "group+bias"):
+            return self.sparsity * (self.size // max(1, self.units))
+        return self.sparsity
 
 
 @dataclass(frozen=True)
@@ -270,6 +284,9 @@ class Budget:
         allocation: how s was shared among layers: ``global``, ``uniform``, ``proportional``
             or ``erk`` (see :func:`plan_budget`).
         covers: which parameters are under the budget: ``all`` or ``weights``.
+        structure: ``entry`` (H_s), ``group`` (whole neurons / channels; ``sparsity`` then
+            counts rows) or an N:M pattern (``sparsity`` is the nonzeros it keeps); see
+            :func:`plan_structured_budget`.
     """
 
     mode: str
@@ -278,6 +295,7 @@ class Budget:
     pools: tuple[Pool, ...]
     allocation: str = "global"
     covers: str = "all"
+    structure: str = "entry"
 
     @property
     def budgeted(self) -> int:
@@ -286,8 +304,11 @@ class Budget:
 
     @property
     def max_nonzeros(self) -> int:
-        """The most nonzeros an iterate can have: s plus every dense parameter."""
-        return self.sparsity + sum(p.size for p in self.pools if p.dense)
+        """The most nonzeros an iterate can have: s (or its rows' entries) plus every dense
+        parameter."""
+        if self.structure == "entry":
+            return self.sparsity + sum(p.size for p in self.pools if p.dense)
+        return sum(p.size if p.dense else p.max_nonzeros for p in self.pools)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -300,6 +321,10 @@ class Budget:
             group: dict[str, Any] = {"params": [named[n] for n in pool.params]}
             if pool.dense or self.mode != "global":
                 group["sparsity"] = pool.sparsity
+            if pool.structure != "entry" and not pool.dense:
+                group["structure"] = pool.structure
+                if ":" in pool.structure:
+                    group["sparsity"] = None  # an N:M pattern is its own budget
             if pool.min_per_tensor:
                 group["min_nonzeros"] = pool.min_per_tensor
             groups.append(group)
@@ -337,6 +362,9 @@ class Budget:
             if pool.dense:
                 continue
             tensors = [named[n] for n in pool.params]
+            if pool.structure != "entry":
+                _structured_init_(tensors, pool, generator)
+                continue
             if not pool.min_per_tensor:
                 sparse_init_(tensors, pool.sparsity, generator=generator)
                 continue
@@ -359,6 +387,19 @@ class Budget:
         return {
             pool.name: sum(int((named[n] != 0).sum()) for n in pool.params) for pool in self.pools
         }
+
+
+def _structured_init_(
+    tensors: list[nn.Parameter], pool: Pool, generator: torch.Generator | None
+) -> None:
+    """Keep a uniformly random point of a structured pool's set: ``pool.sparsity`` random
+    rows (groups), or N random entries of every block of M (N:M)."""
+    structure = parse_structure(pool.structure)
+    assert structure is not None
+    scores = [torch.rand(t.shape, generator=generator).to(t.device) for t in tensors]
+    mask = structure.mask(scores, pool.sparsity)
+    for tensor, kept in zip(tensors, mask.split([t.numel() for t in tensors]), strict=True):
+        tensor.mul_(kept.view(tensor.shape).to(tensor.dtype))
 
 
 #: How a budget is shared among layers (see :func:`plan_budget`).
@@ -510,6 +551,115 @@ def make_budget(
         allocation=allocation,
         budgeted=budgeted,
         min_per_tensor=min_per_tensor,
+    )
+
+
+def plan_structured_budget(
+    model: nn.Module, structure: str, sparsity: str | int | float | None = None
+) -> Budget:
+    """A structured budget for a feed-forward model (an ``nn.Sequential`` of layers).
+
+    - ``"neuron"`` / ``"channel"`` / ``"group"``: the weight and bias of every Linear and
+      Conv layer but the last (its outputs are the predictions) are a pool of whole neurons
+      (a weight row with its bias entry: structure ``"group+bias"``); ``sparsity`` (a count,
+      fraction or percentage of those rows, :func:`parse_sparsity`) is shared among the
+      layers in proportion to their rows, at least one each. The projection keeps each
+      layer's neurons of largest norm (:func:`iht.structured.group_mask`); everything else
+      is dense. A dropped neuron outputs a(0), so :func:`iht.shrink.shrink` removes it
+      exactly, before a Linear or a Conv alike.
+    - an N:M pattern (``"2:4"``): every Linear and Conv weight whose rows (inputs x kernel)
+      are a multiple of M keeps N of every M consecutive inputs (:func:`iht.structured.nm_mask`);
+      the pattern is the budget, so ``sparsity`` must be None. Weights whose rows do not fit
+      the pattern, and every other parameter, are dense (see the dense pool's names).
+
+    Raises:
+        InvalidValueError: an unknown structure, a missing or extra ``sparsity``, a model with
+            no layer the structure applies to.
+    """
+    weights = weight_names(model)
+    layers = [(layer, params) for layer, params in layers_of(model)]
+    weighted = [
+        (layer, name, p) for layer, params in layers for name, p in params if name in weights
+    ]
+    if structure in ("neuron", "channel", "group"):
+        if sparsity is None:
+            raise InvalidValueError(
+                f"a {structure} budget needs --sparsity: how many (or what share) of the "
+                "hidden layers' rows to keep"
+            )
+        grouped = weighted[:-1]
+        if not grouped:
+            raise InvalidValueError(
+                f"a {structure} budget needs a hidden layer: the last layer's outputs are the "
+                "predictions and are never dropped"
+            )
+        rows = [p.shape[0] for _, _, p in grouped]
+        kept = parse_sparsity(sparsity, sum(rows))
+        if kept < len(grouped):
+            raise InvalidValueError(
+                f"a budget of {kept} rows cannot keep one row in each of the {len(grouped)} "
+                "structured layers; keep more"
+            )
+        shares = [1 + extra for extra in apportion(kept - len(grouped), [r - 1 for r in rows])]
+        named = dict(model.named_parameters())
+        pools = []
+        for (layer, name, p), share in zip(grouped, shares, strict=True):
+            bias_name = name[: -len("weight")] + "bias"
+            bias = named.get(bias_name)
+            names: tuple[str, ...]
+            if bias is not None and bias.shape == (p.shape[0],):  # the neuron goes whole
+                names, size, shape = (name, bias_name), p.numel() + bias.numel(), "group+bias"
+            else:
+                names, size, shape = (name,), p.numel(), "group"
+            pools.append(Pool(layer, names, size, share, structure=shape, units=p.shape[0]))
+        kind = "group"
+    elif isinstance(structure, str) and ":" in structure:
+        if sparsity is not None:
+            raise InvalidValueError(
+                f"an N:M pattern fixes the budget ({structure}: its N of every M weights); "
+                "leave out --sparsity"
+            )
+        n, m = parse_nm(structure)
+        fitting = [
+            (layer, name, p)
+            for layer, name, p in weighted
+            if p.dim() >= 2 and (p[0].numel() % m == 0)
+        ]
+        if not fitting:
+            raise InvalidValueError(
+                f"no Linear or Conv weight of this model has rows (inputs x kernel) that are a "
+                f"multiple of M = {m}; {structure} applies to none"
+            )
+        pools = [
+            Pool(
+                layer,
+                (name,),
+                p.numel(),
+                p.numel() // m * n,
+                structure=f"{n}:{m}",
+                units=p.numel(),
+            )
+            for layer, name, p in fitting
+        ]
+        kind = f"{n}:{m}"
+    else:
+        raise InvalidValueError(
+            f"structure must be entry, neuron, channel or an N:M pattern such as 2:4, "
+            f"got {structure!r}"
+        )
+    structured = {name for pool in pools for name in pool.params}
+    dense = [(n, p) for _, params in layers for n, p in params if n not in structured]
+    if dense:
+        size = sum(p.numel() for _, p in dense)
+        pools.append(Pool("dense", tuple(n for n, _ in dense), size, size, dense=True))
+    return Budget(
+        mode="per_layer",
+        sparsity=sum(p.sparsity for p in pools if not p.dense),
+        exclude_biases=True,
+        pools=tuple(pools),
+        allocation="proportional",
+        covers="weights",
+        structure=kind,
     )
 
 

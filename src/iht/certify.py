@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .budget import Budget
 from .errors import InvalidValueError
 from .evaluation import evaluating
+from .structured import Structure, parse_structure
 from .threshold import boundary_tie, check_sparsity, flatten, top_s_mask
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "constant_output_loss",
     "instability_reasons",
     "stability_figures",
+    "structured_figures",
 ]
 
 #: Default tolerance on |grad f| for calling a gradient zero.
@@ -136,6 +138,156 @@ def stability_figures(
         "tie": tie,
         "stable": stable,
     }
+
+
+def structured_figures(
+    tensors: list[Tensor],
+    grads: list[Tensor],
+    *,
+    lr: float,
+    structure: Structure,
+    sparsity: int,
+    grad_tol: float = DEFAULT_GRAD_TOL,
+) -> dict[str, Any]:
+    r"""The HT-stability figures of a pool with a structured budget (:mod:`iht.structured`).
+
+    The map tested is theta -> P(theta - gamma grad f), P the structure's exact projection.
+    Its support is a set of rows (groups: a kept row's zero entries are still free) or of
+    entries (N:M). theta is a fixed point with a unique P-value when:
+
+    - groups (s rows): grad f = 0 on every kept row, and with s rows kept
+      gamma max_{dropped g} ||grad_g f|| < min_{kept g} ||theta_g|| (``off_support_ratio``),
+      no tie between the s-th and (s+1)-th row norms of the candidate; with fewer than s rows
+      kept, grad f = 0 everywhere;
+    - N:M: grad f = 0 on the support; in every block of M holding N nonzeros,
+      gamma max_{off} |grad_i f| < min_{kept} |theta_j| (the largest over blocks is the
+      ratio) and no tie at the N-th magnitude; in a block with fewer, grad f = 0 on it.
+
+    ``residual`` is ||theta - P(theta - gamma grad f)|| over the pool.
+    """
+    group = structure.kind == "group"
+
+    def rows(t: Tensor) -> Tensor:
+        if group:
+            return t.detach().reshape(t.shape[0], -1) if t.dim() else t.detach().reshape(1, 1)
+        width = structure.m
+        return t.detach().reshape(-1, width)  # blocks of M (rows are multiples of M)
+
+    if structure.bias:  # one layer's (weight, bias): a row and its bias entry are a group
+        theta = structure.rows([t.detach() for t in tensors])
+        grad = structure.rows([g.detach() for g in grads])
+        return _group_figures(theta, grad, lr, sparsity, grad_tol, tensors, grads, structure)
+    if group:
+        theta = torch.cat([rows(t) for t in tensors])
+        grad = torch.cat([rows(g) for g in grads])
+        return _group_figures(theta, grad, lr, sparsity, grad_tol, tensors, grads, structure)
+    blocks = torch.cat([rows(t) for t in tensors])
+    gblocks = torch.cat([rows(g) for g in grads])
+    return _nm_figures(blocks, gblocks, lr, structure, grad_tol, tensors, grads)
+
+
+def _group_figures(
+    theta: Tensor,
+    grad: Tensor,
+    lr: float,
+    s: int,
+    grad_tol: float,
+    tensors: list[Tensor],
+    grads: list[Tensor],
+    structure: Structure,
+) -> dict[str, Any]:
+    kept = (theta != 0).any(dim=1)
+    n_kept = int(kept.sum())
+    mag = grad.abs()
+    on = float(mag[kept].max()) if n_kept and mag[kept].numel() else 0.0
+    off = float(mag[~kept].max()) if bool((~kept).any()) else 0.0
+    row_grad = grad.norm(dim=1)
+    row_theta = theta.norm(dim=1)
+    if n_kept:
+        dropped = float(row_grad[~kept].max()) if bool((~kept).any()) else 0.0
+        ratio = lr * dropped / float(row_theta[kept].min())
+    else:
+        ratio = math.inf
+    candidate = theta - lr * grad
+    norms = candidate.norm(dim=1)
+    tie = False
+    if 0 < s < norms.numel():
+        top = torch.topk(norms, s + 1, sorted=True).values
+        tie = bool(top[s - 1] == top[s]) and bool(top[s] > 0)
+    residual = _structured_residual(tensors, grads, lr, structure, s)
+    if n_kept >= s:
+        stable = (not tie) and (ratio < 1 or n_kept == 0) and on <= grad_tol
+    else:
+        stable = float(mag.max()) <= grad_tol
+    stable = stable and n_kept <= s
+    return {
+        "nonzeros": int((theta != 0).sum()),
+        "kept_groups": n_kept,
+        "max_grad_on_support": on,
+        "max_grad_off_support": off,
+        "off_support_ratio": ratio,
+        "residual": residual,
+        "tie": tie,
+        "stable": bool(stable),
+    }
+
+
+def _nm_figures(
+    blocks: Tensor,
+    gblocks: Tensor,
+    lr: float,
+    structure: Structure,
+    grad_tol: float,
+    tensors: list[Tensor],
+    grads: list[Tensor],
+) -> dict[str, Any]:
+    n = structure.n
+    support = blocks != 0
+    count = support.sum(dim=1)
+    mag = gblocks.abs()
+    zero = torch.zeros((), dtype=mag.dtype, device=mag.device)
+    on = float(torch.where(support, mag, zero).max()) if blocks.numel() else 0.0
+    off_each = torch.where(support, zero, mag).amax(dim=1)
+    full = count >= n
+    inf = torch.full_like(blocks, math.inf)
+    min_kept = torch.where(support, blocks.abs(), inf).amin(dim=1)
+    ratios = lr * off_each / min_kept
+    ratio = float(ratios[full].max()) if bool(full.any()) else 0.0
+    candidate = (blocks - lr * gblocks).abs()
+    tie = False
+    if n < structure.m:
+        top = torch.topk(candidate, n + 1, dim=1, sorted=True).values
+        tie = bool(((top[:, n - 1] == top[:, n]) & (top[:, n] > 0)).any())
+    partial_ok = bool((off_each[~full] <= grad_tol).all())
+    stable = (
+        not tie
+        and on <= grad_tol
+        and bool((ratios[full] < 1).all())
+        and partial_ok
+        and bool((count <= n).all())
+    )
+    return {
+        "nonzeros": int(support.sum()),
+        "max_grad_on_support": on,
+        "max_grad_off_support": float(off_each.max()) if off_each.numel() else 0.0,
+        "off_support_ratio": ratio,
+        "residual": _structured_residual(tensors, grads, lr, structure, 0),
+        "tie": tie,
+        "stable": bool(stable),
+    }
+
+
+def _structured_residual(
+    tensors: list[Tensor], grads: list[Tensor], lr: float, structure: Structure, s: int
+) -> float:
+    """||theta - P(theta - gamma grad)|| with the structure's projection P."""
+    candidates = [t.detach() - lr * g for t, g in zip(tensors, grads, strict=True)]
+    budget = s if structure.kind == "group" else structure.implied(candidates)
+    mask = structure.mask(candidates, budget)
+    flat = torch.cat([c.reshape(-1) for c in candidates])
+    stepped = torch.where(mask, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
+    theta = torch.cat([t.detach().reshape(-1) for t in tensors])
+    return float((theta - stepped).norm())
 
 
 def certify_point(
@@ -345,7 +497,7 @@ def certify_budget(
     ``tensor_nonzeros`` and ``degenerate`` (with ``inputs``, the constant-output check; with
     ``constant_loss``, the no-better-than-constant check).
     """
-    if len(budget.pools) == 1:
+    if len(budget.pools) == 1 and budget.structure == "entry":
         cert = certify(
             model,
             loss_fn,
@@ -372,6 +524,28 @@ def certify_budget(
     loss_value = float(loss.detach())
     pools = []
     for pool in budget.pools:
+        structure = None if pool.dense else parse_structure(pool.structure)
+        if structure is not None:
+            figures_s = structured_figures(
+                [named[n] for n in pool.params],
+                [torch.zeros_like(named[n]) if grads[n] is None else grads[n] for n in pool.params],
+                lr=lr,
+                structure=structure,
+                sparsity=pool.sparsity,
+                grad_tol=grad_tol,
+            )
+            pools.append(
+                {
+                    "name": pool.name,
+                    "dense": False,
+                    "structure": pool.structure,
+                    "sparsity": pool.sparsity,
+                    "lr": float(lr),
+                    "grad_tol": grad_tol,
+                    **figures_s,
+                }
+            )
+            continue
         theta = flatten(named[n].detach() for n in pool.params)
         grad = flatten(
             torch.zeros_like(named[n]) if grads[n] is None else grads[n] for n in pool.params
@@ -394,6 +568,7 @@ def certify_budget(
     reasons = degeneracy(model, inputs, loss=loss_value, constant_loss=constant_loss)
     return {
         "sparsity": budget.sparsity,
+        "structure": budget.structure,
         "lr": float(lr),
         "nonzeros": sum(int(p["nonzeros"]) for p in budgeted),
         "max_grad_on_support": max(float(p["max_grad_on_support"]) for p in pools),

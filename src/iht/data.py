@@ -1,8 +1,10 @@
 """Data: the data sets scikit-learn ships, CSV files, random train/test splits, standardisation.
 
-Nothing is downloaded: iris, wine, breast_cancer and digits ship inside scikit-learn. A CSV
-file needs a header row, numeric feature columns and one target column of class labels
-(strings or integers); every problem with it is a :class:`DataError` of one line.
+Nothing is downloaded: iris, wine, breast_cancer, digits and diabetes ship inside
+scikit-learn. A CSV file needs a header row, numeric feature columns and one target column:
+class labels (strings or integers) for classification, numbers for regression. A numeric
+target with many distinct values is never guessed into classes: without ``task`` it is an
+error that asks for one. Every problem with a file is a :class:`DataError` of one line.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from .errors import DataError, InvalidValueError
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "MAX_GUESSED_CLASSES",
     "MISSING_TOKENS",
+    "REGRESSION_DATASETS",
     "DataError",
     "Dataset",
     "load_builtin",
@@ -37,7 +41,14 @@ __all__ = [
     "standardise",
 ]
 
-BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist1d")
+BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist1d", "diabetes")
+
+#: The built-in regression data sets (the others are classification).
+REGRESSION_DATASETS = frozenset({"diabetes"})
+
+#: A numeric target with more distinct values than this is not read as class labels unless
+#: the task says so (``task="classification"``).
+MAX_GUESSED_CLASSES = 20
 
 #: Cell values read as "missing" in a CSV file (compared after stripping, case-insensitively).
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-"})
@@ -45,7 +56,8 @@ MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-"})
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features X (n, d) as float64 and integer class labels y (n,) in 0..n_classes-1.
+    """Features X (n, d) as float64 and the target y (n,): integer class labels in
+    0..n_classes-1 (``task="classification"``) or float64 values (``task="regression"``).
 
     ``class_names[c]`` is the original label of class c (for a CSV target, the labels in
     sorted order); ``feature_names`` are the column names. Both may be empty.
@@ -56,15 +68,24 @@ class Dataset:
 
     name: str
     X: NDArray[np.float64]
-    y: NDArray[np.int64]
+    y: NDArray[Any]  # int64 labels, or float64 values for a regression
     feature_names: tuple[str, ...] = ()
     class_names: tuple[str, ...] = ()
     input_shape: tuple[int, ...] | None = None
     split: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
+    task: str = "classification"
 
     @property
     def n_classes(self) -> int:
+        """Classes of a classification target; 0 for a regression target."""
+        if self.task == "regression":
+            return 0
         return max(len(self.class_names), int(self.y.max()) + 1)
+
+    @property
+    def n_outputs(self) -> int:
+        """The model's output width: one logit per class, or one number."""
+        return 1 if self.task == "regression" else self.n_classes
 
     @property
     def n_features(self) -> int:
@@ -82,12 +103,21 @@ def load_builtin(name: str) -> Dataset:
         "wine": datasets.load_wine,
         "breast_cancer": datasets.load_breast_cancer,
         "digits": datasets.load_digits,
+        "diabetes": datasets.load_diabetes,
     }
     if name not in loaders:
         raise InvalidValueError(
             f"unknown data set {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}"
         )
     bunch = loaders[name]()
+    if name in REGRESSION_DATASETS:
+        return Dataset(
+            name=name,
+            X=np.asarray(bunch.data, dtype=np.float64),
+            y=np.asarray(bunch.target, dtype=np.float64),
+            feature_names=tuple(str(f) for f in bunch.feature_names),
+            task="regression",
+        )
     return Dataset(
         name=name,
         X=np.asarray(bunch.data, dtype=np.float64),
@@ -173,22 +203,31 @@ def _write_cache(path: Path, arrays: dict[str, NDArray[Any]]) -> None:
         pass
 
 
-def load_dataset(spec: str, *, target: str | None = None) -> Dataset:
+def load_dataset(spec: str, *, target: str | None = None, task: str | None = None) -> Dataset:
     """A built-in data set by name (:data:`BUILTIN_DATASETS`) or a CSV file by path.
 
     Args:
-        spec: ``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"digits"`` or a CSV path.
-        target: the class-label column of a CSV file (required for a CSV, refused otherwise).
+        spec: ``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"digits"``, ``"mnist1d"``,
+            ``"diabetes"`` or a CSV path.
+        target: the target column of a CSV file (required for a CSV, refused otherwise).
+        task: ``"classification"``, ``"regression"`` or None: a built-in set's own task; for
+            a CSV, class labels unless the target is numbers that do not look like labels
+            (then an error asks for the task: it is never guessed).
 
     Raises:
         DataError: see :func:`load_csv`; ``target`` given with a built-in set or missing
-            with a CSV file.
+            with a CSV file; a ``task`` a built-in set does not have.
     """
+    if task is not None and task not in ("classification", "regression"):
+        raise DataError(f"task must be classification or regression, got {task!r}")
     if spec in BUILTIN_DATASETS:
         if target is not None:
             raise DataError(
                 f"--target is only for CSV files; the built-in set {spec!r} has its own labels"
             )
+        own = "regression" if spec in REGRESSION_DATASETS else "classification"
+        if task is not None and task != own:
+            raise DataError(f"{spec} is a {own} data set; --task {task} does not apply to it")
         return load_builtin(spec)
     path = Path(spec)
     if not path.exists():
@@ -197,18 +236,22 @@ def load_dataset(spec: str, *, target: str | None = None) -> Dataset:
             f"({', '.join(BUILTIN_DATASETS)})"
         )
     if target is None:
-        raise DataError(f"a CSV file needs --target COLUMN naming its class-label column ({spec})")
-    return load_csv(path, target=target)
+        raise DataError(f"a CSV file needs --target COLUMN naming its target column ({spec})")
+    return load_csv(path, target=target, task=task)
 
 
-def load_csv(path: str | os.PathLike[str], *, target: str) -> Dataset:
-    """Read a classification data set from a CSV file (comma-separated, UTF-8, header row).
+def load_csv(path: str | os.PathLike[str], *, target: str, task: str | None = None) -> Dataset:
+    """Read a data set from a CSV file (comma-separated, UTF-8, header row).
 
-    Every column but ``target`` is a numeric feature. The target holds class labels:
-    integers (sorted numerically) or strings (sorted as strings); class c is the c-th label
-    in that order and ``class_names`` keeps the labels. Blank lines are skipped. Cells in
-    :data:`MISSING_TOKENS` (empty, NA, NaN, ...) count as missing, which is an error: this
-    function never guesses a value.
+    Every column but ``target`` is a numeric feature. For classification the target holds
+    class labels: integers (sorted numerically) or strings (sorted as strings); class c is
+    the c-th label in that order and ``class_names`` keeps the labels. For regression it
+    holds finite numbers. With ``task=None`` the target is read as class labels, except a
+    numeric target with non-integer values or more than :data:`MAX_GUESSED_CLASSES`
+    distinct values: that is an error asking for ``task`` (a regression target silently
+    trained as hundreds of classes is the mistake this prevents). Blank lines are skipped.
+    Cells in :data:`MISSING_TOKENS` (empty, NA, NaN, ...) count as missing, which is an
+    error: this function never guesses a value.
 
     Raises:
         DataError: with one line naming the problem: missing or unreadable file, empty file,
@@ -216,7 +259,8 @@ def load_csv(path: str | os.PathLike[str], *, target: str) -> Dataset:
             wrong number of fields, duplicate or empty column names, unknown ``target``
             (the message lists the columns), missing values (column, count, first line),
             a non-numeric or infinite feature value (column, line, the value), non-integer
-            numeric labels, fewer than 2 classes, fewer than 2 rows.
+            numeric labels, a numeric target that needs ``task``, a non-numeric or constant
+            regression target, fewer than 2 classes, fewer than 2 rows.
 
     Example:
         >>> data = load_csv("flowers.csv", target="species")      # doctest: +SKIP
@@ -275,7 +319,18 @@ def load_csv(path: str | os.PathLike[str], *, target: str) -> Dataset:
     X = np.empty((len(data), len(features)), dtype=np.float64)
     for k, j in enumerate(features):
         X[:, k] = _numeric_column(header[j], columns[j], data_lines, where)
-    y, class_names = _labels(target, columns[header.index(target)], data_lines, where)
+    values = columns[header.index(target)]
+    if task == "regression":
+        return Dataset(
+            name=path.stem,
+            X=X,
+            y=_regression_target(target, values, data_lines, where),
+            feature_names=tuple(header[j] for j in features),
+            task="regression",
+        )
+    if task is None:
+        _refuse_guess(target, values, data_lines, where)
+    y, class_names = _labels(target, values, data_lines, where)
     return Dataset(
         name=path.stem,
         X=X,
@@ -354,6 +409,42 @@ def _numeric_column(
     return column
 
 
+def _regression_target(
+    name: str, values: list[str], lines: list[int], where: str
+) -> NDArray[np.float64]:
+    """A regression target: finite numbers, not all equal."""
+    bad = [i for i, v in enumerate(values) if not _is_number(v)]
+    if bad:
+        raise DataError(
+            f"{where}: target column {name!r} holds {values[bad[0]]!r} on line "
+            f"{lines[bad[0]]}; a regression target must be numbers"
+        )
+    column = _numeric_column(name, values, lines, where)
+    if float(column.min()) == float(column.max()):
+        raise DataError(
+            f"{where}: target column {name!r} is the constant {values[0]!r}; there is nothing "
+            "to regress"
+        )
+    return column
+
+
+def _refuse_guess(name: str, values: list[str], lines: list[int], where: str) -> None:
+    """Refuse to read a numeric target as classes when it does not look like labels."""
+    if not all(_is_number(v) for v in values):
+        return  # strings: class labels
+    numbers = np.asarray(values, dtype=np.float64)
+    finite = numbers[np.isfinite(numbers)]
+    distinct = len(set(values)) if finite.size < numbers.size else len(np.unique(finite))
+    whole = bool(np.all(finite == np.round(finite)))
+    if whole and distinct <= MAX_GUESSED_CLASSES:
+        return
+    what = f"{distinct} distinct numbers in {len(values)} rows" if whole else "non-integer numbers"
+    raise DataError(
+        f"{where}: target column {name!r} holds {what}; pass --task regression to predict "
+        "the number, or --task classification to treat each value as a class"
+    )
+
+
 def _labels(
     name: str, values: list[str], lines: list[int], where: str
 ) -> tuple[NDArray[np.int64], tuple[str, ...]]:
@@ -377,7 +468,8 @@ def _labels(
             i = int(bad[0])
             raise DataError(
                 f"{where}: target column {name!r} holds the number {values[i]!r} on line "
-                f"{lines[i]}; class labels must be integers or strings (is it a regression target?)"
+                f"{lines[i]}; class labels must be integers or strings (for a numeric target "
+                "pass --task regression)"
             )
         classes, y = np.unique(numbers.astype(np.int64), return_inverse=True)
         class_names = tuple(str(int(c)) for c in classes)

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: The budget shapes a param group can ask for (``"structure"``), besides N:M patterns.
-STRUCTURES = ("entry", "group", "neuron", "channel")
+STRUCTURES = ("entry", "group", "neuron", "channel", "group+bias", "neuron+bias", "channel+bias")
 
 
 def group_norms(tensors: list[Tensor]) -> Tensor:
@@ -141,14 +141,25 @@ def nm_hard_threshold(x: Tensor, n: int, m: int) -> Tensor:
 class Structure:
     """The shape of a pool's budget: ``group`` (s counts rows: a Linear's output neurons, a
     Conv's output channels) or ``nm`` (N of every M consecutive inputs of each row; the
-    pattern is the budget)."""
+    pattern is the budget). With ``bias`` (structure ``"neuron+bias"``) the pool is one
+    layer's (weight, bias) and bias entry i belongs to row i: a neuron is kept or dropped
+    whole, so a dropped one outputs exactly a(0) and the model shrinks exactly."""
 
     kind: str
     n: int = 0
     m: int = 0
+    bias: bool = False
+
+    def rows(self, params: Sequence[Tensor]) -> Tensor:
+        """A (weight, bias) pool as one matrix: the weight's rows with the bias as a last
+        column (the groups of a ``bias`` structure)."""
+        weight, bias = params
+        return torch.cat([weight.reshape(weight.shape[0], -1), bias.reshape(-1, 1)], dim=1)
 
     def units(self, params: Sequence[Tensor]) -> int:
         """What the budget counts: rows for groups, entries for N:M."""
+        if self.bias:
+            return params[0].shape[0]
         if self.kind == "group":
             return sum(p.shape[0] if p.dim() else 1 for p in params)
         return sum(p.numel() for p in params)
@@ -160,6 +171,10 @@ class Structure:
     def mask(self, params: Sequence[Tensor], budget: int) -> Tensor:
         """The flat mask (pool order) of the best point of this shape: ``budget`` rows for
         groups; the N:M pattern over each tensor's rows (dim 0 by the rest) for N:M."""
+        if self.bias:
+            kept = group_mask([self.rows(params)], budget)[0][:, :1]
+            width = params[0][0].numel()
+            return torch.cat([kept.expand(-1, width).reshape(-1), kept.reshape(-1)])
         if self.kind == "group":
             masks = group_mask(
                 [p.reshape(p.shape[0], -1) if p.dim() else p.reshape(1, 1) for p in params], budget
@@ -175,7 +190,14 @@ class Structure:
 
     def check(self, params: Sequence[Tensor]) -> None:
         """Raise InvalidValueError when a tensor cannot take this shape (N:M: a row length
-        that is not a multiple of M)."""
+        that is not a multiple of M; a ``bias`` structure: not one weight and its bias)."""
+        if self.bias:
+            if len(params) != 2 or params[0].dim() < 2 or params[1].shape != (params[0].shape[0],):
+                raise InvalidValueError(
+                    "a neuron+bias structure takes one layer's weight and its bias, got shapes "
+                    f"{[tuple(p.shape) for p in params]}"
+                )
+            return
         if self.kind != "nm":
             return
         for p in params:
@@ -198,6 +220,8 @@ def parse_structure(value: object) -> Structure | None:
         return None
     if value in ("group", "neuron", "channel"):
         return Structure("group")
+    if value in ("group+bias", "neuron+bias", "channel+bias"):
+        return Structure("group", bias=True)
     if isinstance(value, str) and ":" in value:
         n, m = parse_nm(value)
         return Structure("nm", n, m)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .budget import layers_of
 from .errors import InvalidValueError, NonFiniteError
+from .tasks import CLASSIFICATION, Task
 from .threshold import flatten
 
 __all__ = ["History", "LossFn", "evaluate", "fit"]
@@ -39,22 +40,25 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 class History:
     """What :func:`fit` recorded, one entry per step k = 0, 1, ...
 
-    Row k holds: ``train_loss`` and ``train_accuracy`` over all training rows at theta^k
+    Row k holds: ``train_loss`` and ``train_score`` over all training rows at theta^k
     (the point whose gradient makes step k; with mini-batches only on evaluation steps, NaN
     elsewhere); ``batch_loss``, the loss of step k's batch
     (equal to ``train_loss`` in full-batch training); ``entered`` / ``left``, how many
     entries joined / left the support (the nonzeros) from theta^k to theta^{k+1};
     ``nonzeros`` and ``layer_nonzeros[layer]``, the nonzeros of theta^{k+1}; ``test_loss``
-    and ``test_accuracy`` at theta^k on steps where they were evaluated (NaN elsewhere).
+    and ``test_score`` at theta^k on steps where they were evaluated (NaN elsewhere).
+    The score is the task's (:attr:`iht.tasks.Task.score_name`): accuracy, or R^2 for
+    regression; the stored columns are named after it (``train_accuracy`` or ``train_r2``).
     """
 
     layers: tuple[str, ...] = ()
+    score: str = "accuracy"
     step: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
-    train_accuracy: list[float] = field(default_factory=list)
+    train_score: list[float] = field(default_factory=list)
     batch_loss: list[float] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
-    test_accuracy: list[float] = field(default_factory=list)
+    test_score: list[float] = field(default_factory=list)
     entered: list[int] = field(default_factory=list)
     left: list[int] = field(default_factory=list)
     nonzeros: list[int] = field(default_factory=list)
@@ -71,10 +75,10 @@ class History:
         columns: dict[str, NDArray[Any]] = {
             "step": np.asarray(self.step, dtype=ints),
             "train_loss": np.asarray(self.train_loss, dtype=floats),
-            "train_accuracy": np.asarray(self.train_accuracy, dtype=floats),
+            f"train_{self.score}": np.asarray(self.train_score, dtype=floats),
             "batch_loss": np.asarray(self.batch_loss, dtype=floats),
             "test_loss": np.asarray(self.test_loss, dtype=floats),
-            "test_accuracy": np.asarray(self.test_accuracy, dtype=floats),
+            f"test_{self.score}": np.asarray(self.test_score, dtype=floats),
             "entered": np.asarray(self.entered, dtype=ints),
             "left": np.asarray(self.left, dtype=ints),
             "nonzeros": np.asarray(self.nonzeros, dtype=ints),
@@ -86,24 +90,27 @@ class History:
         return columns
 
     @classmethod
-    def from_columns(cls, layers: tuple[str, ...], columns: dict[str, Any]) -> History:
+    def from_columns(
+        cls, layers: tuple[str, ...], columns: dict[str, Any], *, score: str = "accuracy"
+    ) -> History:
         """The history :meth:`columns` describes (e.g. read back from a checkpoint).
 
         Raises:
             InvalidValueError: a column is missing or the columns differ in length.
         """
-        names = [f.name for f in fields(cls) if f.name not in ("layers", "layer_nonzeros")]
-        wanted = [*names, *(f"nonzeros.{layer}" for layer in layers)]
+        names = [f.name for f in fields(cls) if f.name not in ("layers", "score", "layer_nonzeros")]
+        stored = {"train_score": f"train_{score}", "test_score": f"test_{score}"}
+        wanted = [*(stored.get(n, n) for n in names), *(f"nonzeros.{layer}" for layer in layers)]
         missing = [name for name in wanted if name not in columns]
         lengths = {len(columns[name]) for name in wanted if name in columns}
         if missing or len(lengths) > 1:
             raise InvalidValueError(
                 f"not a training history (missing {missing}, column lengths {sorted(lengths)})"
             )
-        history = cls(layers=tuple(layers))
+        history = cls(layers=tuple(layers), score=score)
         for name in names:
             kind = int if name in ("step", "entered", "left", "nonzeros") else float
-            setattr(history, name, [kind(v) for v in columns[name]])
+            setattr(history, name, [kind(v) for v in columns[stored.get(name, name)]])
         history.layer_nonzeros = {
             layer: [int(v) for v in columns[f"nonzeros.{layer}"]] for layer in layers
         }
@@ -112,15 +119,17 @@ class History:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, X: Tensor, y: Tensor, *, loss_fn: LossFn = nn.functional.cross_entropy
+    model: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    loss_fn: LossFn | None = None,
+    task: Task = CLASSIFICATION,
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) of a classifier on (X, y)."""
+    """(mean loss, score) of ``model`` on (X, y): the task's loss (or ``loss_fn``) and its
+    score (accuracy of a classifier, R^2 of a regression)."""
     out = model(X)
-    return float(loss_fn(out, y)), _accuracy(out, y)
-
-
-def _accuracy(out: Tensor, y: Tensor) -> float:
-    return float((out.argmax(dim=-1) == y).to(torch.float64).mean())
+    return float((loss_fn or task.loss)(out, y)), task.score(out, y)
 
 
 def _batches(
@@ -155,7 +164,8 @@ def fit(
     on_step: Callable[[int, History], None] | None = None,
     test: tuple[Tensor, Tensor] | None = None,
     eval_every: int = 1,
-    loss_fn: LossFn = nn.functional.cross_entropy,
+    loss_fn: LossFn | None = None,
+    task: Task = CLASSIFICATION,
     history: History | None = None,
     skip_batches: int = 0,
 ) -> History:
@@ -168,8 +178,9 @@ def fit(
     The model's train/eval mode is left as it is.
 
     Args:
-        model: any classifier ``model(X) -> logits``.
-        X, y: training rows and integer labels.
+        model: a classifier ``model(X) -> logits`` or, for a regression ``task``, a model
+            with one output.
+        X, y: training rows and their integer labels (or numeric targets).
         optimizer: e.g. ``Budget.optimizer(model, lr=...)`` or ``iht.IHT(...)``.
         steps: number of updates (>= 0).
         batch_size: rows per mini-batch; None for full-batch training.
@@ -179,7 +190,8 @@ def fit(
             last step.
         eval_every: evaluation period (>= 1) of the test rows and, with mini-batches, of the
             loss over every training row (NaN in between; full batch: every step, for free).
-        loss_fn: ``loss_fn(logits, y)`` -> mean loss (cross-entropy by default).
+        loss_fn: ``loss_fn(out, y)`` -> mean loss (default: the task's, cross-entropy or MSE).
+        task: what is predicted (:mod:`iht.tasks`): it gives the loss and the recorded score.
         history: a :class:`History` to append to (the caller keeps what was recorded even
             when training stops with an error); a new one by default. Steps are numbered on
             from its last one, and evaluation steps stay those of k % eval_every == 0.
@@ -222,8 +234,13 @@ def fit(
         size = sum(p.numel() for _, p in own)
         offsets.append((start, start + size))
         start += size
+    loss_of = loss_fn or task.loss
     if history is None:
-        history = History(layers=tuple(name for name, _ in layers))
+        history = History(layers=tuple(name for name, _ in layers), score=task.score_name)
+    if history.score != task.score_name:
+        raise InvalidValueError(
+            f"the history records {history.score}, the task ({task.name}) scores {task.score_name}"
+        )
     if not history.layers:
         history.layers = tuple(name for name, _ in layers)
     for name in history.layers:
@@ -240,7 +257,7 @@ def fit(
         xb, yb = (X, y) if rows is None else (X[rows], y[rows])
         optimizer.zero_grad(set_to_none=True)
         out = model(xb)
-        loss = loss_fn(out, yb)
+        loss = loss_of(out, yb)
         batch_loss = float(loss.detach())
         if not math.isfinite(batch_loss):
             raise NonFiniteError(
@@ -248,15 +265,15 @@ def fit(
             )
         evaluated = k % eval_every == 0 or k == first + steps - 1
         if full:
-            train_loss, train_accuracy = batch_loss, _accuracy(out.detach(), yb)
+            train_loss, train_score = batch_loss, task.score(out.detach(), yb)
         elif evaluated:  # a pass over every training row: only on evaluation steps
-            train_loss, train_accuracy = evaluate(model, X, y, loss_fn=loss_fn)
+            train_loss, train_score = evaluate(model, X, y, loss_fn=loss_of, task=task)
         else:
-            train_loss = train_accuracy = math.nan
+            train_loss = train_score = math.nan
         if test is not None and evaluated:
-            test_loss, test_accuracy = evaluate(model, test[0], test[1], loss_fn=loss_fn)
+            test_loss, test_score = evaluate(model, test[0], test[1], loss_fn=loss_of, task=task)
         else:
-            test_loss = test_accuracy = math.nan
+            test_loss = test_score = math.nan
         with torch.no_grad():
             before = flatten(p.detach() for p in params) != 0
         loss.backward()
@@ -268,10 +285,10 @@ def fit(
             after = flatten(p.detach() for p in params) != 0
             history.step.append(k)
             history.train_loss.append(train_loss)
-            history.train_accuracy.append(train_accuracy)
+            history.train_score.append(train_score)
             history.batch_loss.append(batch_loss)
             history.test_loss.append(test_loss)
-            history.test_accuracy.append(test_accuracy)
+            history.test_score.append(test_score)
             history.entered.append(int((after & ~before).sum()))
             history.left.append(int((before & ~after).sum()))
             history.nonzeros.append(int(after.sum()))

@@ -131,7 +131,9 @@ def data_option(default: str | None) -> Decorator[Any]:
 
 
 target_option = click.option(
-    "--target", help="The class-label column of a CSV file (strings or integers)."
+    "--target",
+    help="The target column of a CSV file: class labels (strings or integers), or numbers "
+    "with --task regression.",
 )
 
 

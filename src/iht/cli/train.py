@@ -10,6 +10,7 @@ import click
 from ..experiments.config import DEFAULT_STEPS, DTYPES, OPTIMIZERS, TrainConfig
 from ..models import MODELS
 from ..schedules import SCHEDULES
+from ..tasks import TASKS
 from .options import (
     activation_option,
     config_option,
@@ -34,6 +35,13 @@ __all__ = ["train_command"]
 @click.command("train")
 @data_option(None)
 @target_option
+@click.option(
+    "--task",
+    type=click.Choice(TASKS),
+    help="classification (cross-entropy, accuracy) or regression (MSE of the standardised "
+    "target, R^2 and RMSE).  [default: the data set's own; a CSV target of many distinct "
+    "numbers needs it]",
+)
 @test_fraction_option(TrainConfig)
 @seed_option(
     TrainConfig, "Master seed of the split, initialisation, support, L_2s draws, shuffling."
@@ -42,9 +50,18 @@ __all__ = ["train_command"]
 @activation_option(TrainConfig)
 @click.option(
     "--sparsity",
-    required=True,
     help="Budget s: a count of nonzeros (100), a fraction (0.1) or a percentage (10%) of the "
-    "budgeted parameters (rounded half up, at least 1).",
+    "budgeted parameters (rounded half up, at least 1); with --structure neuron or channel, "
+    "of the hidden layers' rows. Required but with an N:M structure.",
+)
+@click.option(
+    "--structure",
+    default=default_of(TrainConfig, "structure"),
+    show_default=True,
+    help="The budget's shape: entry (the s largest entries), neuron or channel (whole output "
+    "neurons / channels of the hidden layers, the output layer and biases dense), or an N:M "
+    "pattern such as 2:4 (N of every M consecutive inputs of each weight row whose length "
+    "is a multiple of M).",
 )
 @click.option(
     "--per-layer",
@@ -135,6 +152,9 @@ def train_command(
       iht train --data digits --hidden 64 --sparsity 0.1
       iht train --data iris --sparsity 5
       iht train --data flowers.csv --target species --sparsity 10% --batch-size 32
+      iht train --data diabetes --hidden 32 --sparsity 0.2
+      iht train --data digits --hidden 64 --structure neuron --sparsity 25%
+      iht train --data digits --hidden 64 --structure 2:4
     """
     from ..errors import StoreError
     from ..experiments.train import default_out, read_train_run, run_train

@@ -61,6 +61,7 @@ def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
         "epoch_generator": checkpoint.epoch_generator,
         "epoch_position": checkpoint.epoch_position,
         "history_layers": list(checkpoint.history.layers),
+        "history_score": checkpoint.history.score,
         "history": {k: v.tolist() for k, v in checkpoint.history.columns().items()},
     }
     atomic_write_bytes(directory / CHECKPOINT_FILE, torch_bytes(payload))
@@ -92,7 +93,11 @@ def read_checkpoint(directory: Path, model: nn.Module, *, steps: int) -> Checkpo
     try:
         steps_done = int(payload["steps_done"])
         position = int(payload["epoch_position"])
-        history = History.from_columns(tuple(payload["history_layers"]), payload["history"])
+        history = History.from_columns(
+            tuple(payload["history_layers"]),
+            payload["history"],
+            score=str(payload.get("history_score", "accuracy")),
+        )
         state, optimizer = payload["model"], payload["optimizer"]
         generator = payload["epoch_generator"]
     except (KeyError, TypeError, ValueError) as exc:

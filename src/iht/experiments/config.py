@@ -15,6 +15,8 @@ from ..errors import InvalidValueError
 from ..lipschitz import DEFAULT_N_SAMPLES
 from ..models import ACTIVATIONS, MODELS
 from ..schedules import SCHEDULES
+from ..structured import parse_nm
+from ..tasks import TASKS
 
 __all__ = [
     "DEFAULT_LR",
@@ -86,10 +88,16 @@ class TrainConfig:
             then the projection), or None for the model's recipe (:func:`recipe`).
         schedule: the budget's schedule (:data:`iht.schedules.SCHEDULES`), or None for the
             recipe's.
+        task: ``classification`` or ``regression`` (:mod:`iht.tasks`); None: the data set's
+            own (a CSV target of many distinct numbers is then an error that asks for it).
+        structure: the budget's shape: ``entry`` (H_s over entries), ``neuron`` / ``channel``
+            (whole rows of the hidden layers; ``sparsity`` counts rows) or an N:M pattern
+            such as ``2:4`` (no ``sparsity``: the pattern is the budget); see
+            :func:`iht.budget.plan_structured_budget`.
     """
 
     data: str
-    sparsity: str | int | float
+    sparsity: str | int | float | None
     target: str | None = None
     test_fraction: float = 0.2
     seed: int = 0
@@ -110,11 +118,36 @@ class TrainConfig:
     model: str = "mlp"
     optimizer: str | None = None
     schedule: str | None = None
+    task: str | None = None
+    structure: str = "entry"
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data.strip():
             raise InvalidValueError(f"data must name a data set or a CSV file, got {self.data!r}")
-        check_sparsity_form(self.sparsity)  # the range of a count needs the model
+        nm = isinstance(self.structure, str) and ":" in self.structure
+        if nm:
+            parse_nm(self.structure)
+            if self.sparsity is not None:
+                raise InvalidValueError(
+                    f"an N:M pattern fixes the budget ({self.structure}: N of every M weights); "
+                    "leave out --sparsity"
+                )
+        elif self.structure not in ("entry", "neuron", "channel"):
+            raise InvalidValueError(
+                "structure must be entry, neuron, channel or an N:M pattern such as 2:4, got "
+                f"{self.structure!r}"
+            )
+        elif self.sparsity is None:
+            raise InvalidValueError("--sparsity is required (a count, a fraction or a percentage)")
+        if self.structure != "entry" and (self.per_layer or self.exclude_biases):
+            raise InvalidValueError(
+                "--per-layer and --exclude-biases shape entry budgets; a structured budget is "
+                "per layer already, with biases and the output layer dense"
+            )
+        if self.sparsity is not None:
+            check_sparsity_form(self.sparsity)  # the range of a count needs the model
+        if self.task is not None and self.task not in TASKS:
+            raise InvalidValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.model not in MODELS:
             raise InvalidValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:

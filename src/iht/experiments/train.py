@@ -9,6 +9,9 @@ writes the output directory::
     history.parquet    one row per step (also written when training stops on an error)
     model.pt, mask.pt  the state_dict and a bool mask (param != 0) per parameter
     model_sparse.pt    the parameters as torch sparse CSR/COO tensors (iht.export.load_sparse)
+    model_shrunk.pt    a neuron/channel run only: the state_dict of the smaller dense model
+                       (iht.shrink.shrink; its widths are the tensors' shapes), which
+                       computes what the sparse model does
     certificate.json   HT-stability under the budget (and epsilon with dense_reference)
     metrics.json       the TrainMetrics: final losses and accuracies, nonzeros, wall times
                        (written last: a run is finished when its metrics.json exists)
@@ -29,24 +32,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from .. import __version__
-from ..budget import Budget, budgeted_size, layers_of, parse_sparsity, plan_budget
-from ..certify import certify_budget, constant_output_loss
+from ..budget import (
+    Budget,
+    budgeted_size,
+    layers_of,
+    parse_sparsity,
+    plan_budget,
+    plan_structured_budget,
+)
+from ..certify import certify_budget
 from ..data import Dataset, load_dataset, n_test_rows, random_split, standardise
-from ..errors import NonFiniteError, StoreError
+from ..errors import DataError, NonFiniteError, StoreError
 from ..export import sparse_payload
 from ..init import reset_parameters_
 from ..lipschitz import estimate_l2s
 from ..models import build_model
 from ..optim import IHT
 from ..schedules import schedule_named
+from ..shrink import shrink
 from ..storage.files import (
     atomic_write_bytes,
     check_output_dir,
@@ -62,6 +74,7 @@ from ..storage.files import (
     write_json,
 )
 from ..storage.records import from_dict, reading_stored, to_dict
+from ..tasks import Task
 from ..training import History, evaluate, fit
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, read_checkpoint, restore, write_checkpoint
 from .config import Recipe, TrainConfig, recipe
@@ -116,6 +129,9 @@ class DataInfo:
     n_train: int
     n_test: int
     standardise: str = "z-score with the training rows' mean and population std"
+    task: str = "classification"
+    target_mean: float | None = None
+    target_std: float | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +210,9 @@ class TrainRecord:
 
 @dataclass(frozen=True)
 class LayerMetrics:
-    """Nonzeros of one layer at the end (``budget`` is its own budget, per-layer runs only)."""
+    """Nonzeros of one layer at the end (``budget`` is its own budget, per-layer runs only;
+    with a neuron/channel budget it counts rows, and ``rows`` / ``kept_rows`` say how many
+    the layer has and keeps)."""
 
     name: str
     kind: str
@@ -203,18 +221,23 @@ class LayerMetrics:
     budgeted_size: int
     budgeted_nonzeros: int
     budget: int | None
+    rows: int | None = None
+    kept_rows: int | None = None
 
 
 @dataclass(frozen=True)
 class DenseReference:
-    """The same model from the same initialisation trained densely (GD, the same steps)."""
+    """The same model from the same initialisation trained densely (GD, the same steps).
+    The score is the task's: accuracy, or R^2 for a regression (the accuracies are then None)."""
 
     lr: float
     l2s_estimate: float | None
     train_loss: float
-    train_accuracy: float
+    train_accuracy: float | None
     test_loss: float
-    test_accuracy: float
+    test_accuracy: float | None
+    train_r2: float | None = None
+    test_r2: float | None = None
 
 
 @dataclass(frozen=True)
@@ -228,15 +251,32 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class ExportCost:
+    """What the trained model costs on disk: the dense ``model.pt`` against its export
+    (``model_shrunk.pt``, the smaller dense model of a neuron/channel run, else the sparse
+    tensors of ``model_sparse.pt``), in bytes and in stored parameters."""
+
+    file: str
+    bytes: int
+    dense_bytes: int
+    params: int
+    dense_params: int
+
+
+@dataclass(frozen=True)
 class TrainMetrics:
-    """A run's ``metrics.json``: where training ended."""
+    """A run's ``metrics.json``: where training ended.
+
+    A classification run reports accuracies; a regression run R^2 and the RMSE in the
+    target's own units (its loss is the MSE of the standardised target), accuracies None.
+    """
 
     status: str
     steps: int
     train_loss: float
-    train_accuracy: float
+    train_accuracy: float | None
     test_loss: float
-    test_accuracy: float
+    test_accuracy: float | None
     nonzeros: int
     budgeted_nonzeros: int
     n_params: int
@@ -246,6 +286,22 @@ class TrainMetrics:
     lr: float
     dense: DenseReference | None
     time_s: Timings
+    task: str = "classification"
+    train_r2: float | None = None
+    test_r2: float | None = None
+    train_rmse: float | None = None
+    test_rmse: float | None = None
+    export: ExportCost | None = None
+
+    @property
+    def test_score(self) -> float:
+        """The task's test score: accuracy, or R^2."""
+        return cast(float, self.test_r2 if self.task == "regression" else self.test_accuracy)
+
+    @property
+    def train_score(self) -> float:
+        """The task's training score: accuracy, or R^2."""
+        return cast(float, self.train_r2 if self.task == "regression" else self.train_accuracy)
 
 
 @dataclass(frozen=True)
@@ -307,7 +363,8 @@ def run_train(
     started = time.perf_counter()
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     seeds = _seeds(config.seed)
-    data = load_dataset(config.data, target=config.target)
+    data = load_dataset(config.data, target=config.target, task=config.task)
+    task = Task(data.task)
     plan = recipe(config)
     n = len(data.y)
     if data.split is not None:  # the data set's own split (MNIST-1D's 4,000 / 1,000)
@@ -316,7 +373,11 @@ def run_train(
         n_test = n_test_rows(n, config.test_fraction)
         train_idx, test_idx = random_split(n, n - n_test, seed=seeds.data)
     features = torch.tensor(standardise(data.X, train_idx), dtype=dtype)
-    labels = torch.tensor(data.y, dtype=torch.long)
+    scale = _target_scale(data, train_idx)
+    if scale is not None:  # a regression target, standardised like the features
+        labels = task.targets((data.y - scale[0]) / scale[1], dtype)
+    else:
+        labels = task.targets(data.y, dtype)
     train = features[train_idx], labels[train_idx]
     test = features[test_idx], labels[test_idx]
 
@@ -325,20 +386,24 @@ def run_train(
     with torch.random.fork_rng(devices=[]):
         model = build_model(
             data.n_features,
-            data.n_classes,
+            data.n_outputs,
             config.hidden,
             activation=config.activation,
             kind=config.model,
             input_shape=data.input_shape,
         )
     model = model.to(dtype)
-    total = budgeted_size(model, exclude_biases=config.exclude_biases)
-    budget = plan_budget(
-        model,
-        parse_sparsity(config.sparsity, total),
-        per_layer=config.per_layer,
-        exclude_biases=config.exclude_biases,
-    )
+    if config.structure != "entry":
+        budget = plan_structured_budget(model, config.structure, config.sparsity)
+    else:
+        assert config.sparsity is not None  # TrainConfig requires it for entry budgets
+        total = budgeted_size(model, exclude_biases=config.exclude_biases)
+        budget = plan_budget(
+            model,
+            parse_sparsity(config.sparsity, total),
+            per_layer=config.per_layer,
+            exclude_biases=config.exclude_biases,
+        )
     starved = [pool.name for pool in budget.pools if not pool.dense and pool.sparsity == 0]
     if starved:
         log(
@@ -373,6 +438,7 @@ def run_train(
                 progress=progress,
                 started=started,
                 log=log,
+                scale=scale,
             )
     finally:
         if lock is not None:
@@ -396,11 +462,13 @@ def _train(
     progress: bool,
     started: float,
     log: Callable[[str], None],
+    scale: tuple[float, float] | None = None,
 ) -> TrainResult:
     X, y = train
+    task = Task(data.task)
 
     def loss_fn(m: nn.Module) -> Tensor:
-        return nn.functional.cross_entropy(m(X), y)
+        return task.loss(m(X), y)
 
     reset_parameters_(model, generator=torch.Generator().manual_seed(seeds.init))
     dense_init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -435,6 +503,9 @@ def _train(
             test_fraction=config.test_fraction,
             n_train=len(y),
             n_test=len(test[1]),
+            task=task.name,
+            target_mean=None if scale is None else scale[0],
+            target_std=None if scale is None else scale[1],
         ),
         model=ModelInfo(
             hidden=config.hidden,
@@ -484,10 +555,13 @@ def _train(
             log(f"moved the earlier contents of {directory} to {moved}")
         write_json(directory / "config.json", to_dict(record))
 
-    if plan.schedule == "constant":  # the paper's start: a random support of the budget
+    # The paper's start: a random support of the budget. A structured budget starts dense:
+    # its first projection keeps the rows of largest norm (a ReLU neuron dropped with its
+    # bias has a zero gradient, so a random pick of neurons would never be revised).
+    if plan.schedule == "constant" and budget.structure == "entry":
         budget.sparse_init_(model, generator=torch.Generator().manual_seed(seeds.support))
     # (a schedule that starts dense starts from the dense initialisation)
-    history = History()
+    history = History(score=task.score_name)
     # Built before the clock starts: torch's first optimizer imports torch._dynamo (~1 s).
     optimizer = _make_optimizer(plan, budget, model, lr, steps)
     shuffle = torch.Generator().manual_seed(seeds.shuffle)
@@ -524,6 +598,7 @@ def _train(
                 on_step=on_step,
                 test=test,
                 eval_every=plan.eval_every,
+                task=task,
                 history=history,
                 skip_batches=saver.position(),
             )
@@ -548,7 +623,7 @@ def _train(
     if config.dense_reference:
         dense_start = time.perf_counter()
         dense = _dense_reference(
-            model, dense_init, config, plan, loss_fn, train, test, steps, seeds, progress
+            model, dense_init, config, plan, loss_fn, train, test, steps, seeds, progress, task
         )
         dense_time = time.perf_counter() - dense_start
 
@@ -560,16 +635,17 @@ def _train(
         grad_tol=config.grad_tol,
         dense_loss=None if dense is None else dense.train_loss,
         inputs=X,
-        constant_loss=constant_output_loss(y),
+        constant_loss=task.constant_loss(y),
     )
-    metrics = _metrics(
-        model, budget, history, train, test, lr, dense, lr_time, train_time, dense_time
-    )
+    timings = Timings(lr_time, train_time, dense_time, math.nan)
+    metrics = _metrics(model, budget, history, train, test, lr, dense, timings, task, scale)
     frame = _write_history(directory, history)
     atomic_write_bytes(directory / "model.pt", torch_bytes(model.state_dict()))
     masks = {name: (p.detach() != 0) for name, p in model.named_parameters()}
     atomic_write_bytes(directory / "mask.pt", torch_bytes(masks))
-    atomic_write_bytes(directory / "model_sparse.pt", torch_bytes(sparse_payload(model)))
+    sparse_bytes = torch_bytes(sparse_payload(model))
+    atomic_write_bytes(directory / "model_sparse.pt", sparse_bytes)
+    metrics = replace(metrics, export=_export(directory, model, budget, sparse_bytes))
     write_json(directory / "certificate.json", certificate)
     metrics = replace(metrics, time_s=replace(metrics.time_s, total=time.perf_counter() - started))
     write_json(directory / "metrics.json", to_dict(metrics))  # last: the run is finished
@@ -655,13 +731,16 @@ def _metrics(
     test: tuple[Tensor, Tensor],
     lr: float,
     dense: DenseReference | None,
-    lr_time: float,
-    train_time: float,
-    dense_time: float | None,
+    timings: Timings,
+    task: Task,
+    scale: tuple[float, float] | None,
 ) -> TrainMetrics:
-    train_loss, train_accuracy = evaluate(model, *train)
-    test_loss, test_accuracy = evaluate(model, *test)
+    """Where training ended. Classification: losses and accuracies. Regression: the losses
+    (MSE of the standardised target), R^2, and the RMSE in the target's own units."""
+    train_loss, train_score = evaluate(model, *train, task=task)
+    test_loss, test_score = evaluate(model, *test, task=task)
     pool_budget = {p.name: p.sparsity for p in budget.pools if budget.mode == "per_layer"}
+    grouped = {p.name: p for p in budget.pools if p.structure in ("group", "group+bias")}
     dense_params = {n for pool in budget.pools if pool.dense for n in pool.params}
     layers = tuple(
         LayerMetrics(
@@ -672,19 +751,23 @@ def _metrics(
             budgeted_size=sum(p.numel() for n, p in own if n not in dense_params),
             budgeted_nonzeros=sum(int((p != 0).sum()) for n, p in own if n not in dense_params),
             budget=pool_budget.get(name),
+            rows=grouped[name].units if name in grouped else None,
+            kept_rows=_kept_rows(own) if name in grouped else None,
         )
         for name, own in layers_of(model)
     )
     nonzeros = sum(layer.nonzeros for layer in layers)
     n_params = sum(p.numel() for p in model.parameters())
     pool_nonzeros = budget.nonzeros(model)
+    regression = task.regression
+    std = 1.0 if scale is None else scale[1]
     return TrainMetrics(
         status="finished",
         steps=len(history),
         train_loss=train_loss,
-        train_accuracy=train_accuracy,
+        train_accuracy=None if regression else train_score,
         test_loss=test_loss,
-        test_accuracy=test_accuracy,
+        test_accuracy=None if regression else test_score,
         nonzeros=nonzeros,
         budgeted_nonzeros=sum(pool_nonzeros[p.name] for p in budget.pools if not p.dense),
         n_params=n_params,
@@ -693,8 +776,53 @@ def _metrics(
         layers=layers,
         lr=lr,
         dense=dense,
-        time_s=Timings(lr_time, train_time, dense_time, math.nan),
+        time_s=timings,
+        task=task.name,
+        train_r2=train_score if regression else None,
+        test_r2=test_score if regression else None,
+        train_rmse=math.sqrt(train_loss) * std if regression else None,
+        test_rmse=math.sqrt(test_loss) * std if regression else None,
     )
+
+
+def _export(
+    directory: Path, model: nn.Module, budget: Budget, sparse_bytes: bytes
+) -> ExportCost:
+    """Write the shrunk model of a neuron/channel run; the cost of the run's export."""
+    dense_bytes = (directory / "model.pt").stat().st_size
+    dense_params = sum(p.numel() for p in model.parameters())
+    if budget.structure in ("group", "group+bias") and isinstance(model, nn.Sequential):
+        shrunk = shrink(model)
+        raw = torch_bytes(shrunk.state_dict())  # tensors only: loads with weights_only
+        atomic_write_bytes(directory / "model_shrunk.pt", raw)
+        params = sum(p.numel() for p in shrunk.parameters())
+        return ExportCost("model_shrunk.pt", len(raw), dense_bytes, params, dense_params)
+    nonzeros = sum(int(p.count_nonzero()) for p in model.parameters())
+    return ExportCost("model_sparse.pt", len(sparse_bytes), dense_bytes, nonzeros, dense_params)
+
+
+def _kept_rows(own: list[tuple[str, nn.Parameter]]) -> int:
+    """Rows (neurons, channels) of a layer with a nonzero weight or bias entry."""
+    weight = next(p for n, p in own if n.endswith("weight")).detach()
+    alive = (weight.reshape(weight.shape[0], -1) != 0).any(dim=1)
+    for n, p in own:
+        if n.endswith("bias") and p.shape == (weight.shape[0],):
+            alive |= p.detach() != 0
+    return int(alive.sum())
+
+
+def _target_scale(data: Dataset, train_idx: NDArray[np.int64]) -> tuple[float, float] | None:
+    """(mean, population std) of a regression target on the training rows; None for classes."""
+    if data.task != "regression":
+        return None
+    values = data.y[train_idx].astype(np.float64)
+    std = float(values.std())
+    if not std > 0:
+        raise DataError(
+            f"the regression target of {data.name} is constant on the training rows; there is "
+            "nothing to regress"
+        )
+    return float(values.mean()), std
 
 
 def _describe_layer(model: nn.Module, name: str) -> str:
@@ -749,6 +877,7 @@ def _dense_reference(
     steps: int,
     seeds: TrainSeeds,
     progress: bool,
+    task: Task,
 ) -> DenseReference:
     """The same model from the same (dense) initialisation, trained without a budget: GD
     (Alg. 2) for IHT, else the same base optimizer."""
@@ -780,20 +909,24 @@ def _dense_reference(
             batch_size=plan.batch_size,
             generator=torch.Generator().manual_seed(seeds.shuffle),
             on_step=bar,
+            task=task,
         )
     except NonFiniteError as exc:
         raise NonFiniteError(f"dense reference: {exc}") from exc
     finally:
         bar.close()
-    train_loss, train_accuracy = evaluate(dense_model, *train)
-    test_loss, test_accuracy = evaluate(dense_model, *test)
+    train_loss, train_score = evaluate(dense_model, *train, task=task)
+    test_loss, test_score = evaluate(dense_model, *test, task=task)
+    regression = task.regression
     return DenseReference(
         lr=lr,
         l2s_estimate=None if estimate is None else estimate.estimate,
         train_loss=train_loss,
-        train_accuracy=train_accuracy,
+        train_accuracy=None if regression else train_score,
         test_loss=test_loss,
-        test_accuracy=test_accuracy,
+        test_accuracy=None if regression else test_score,
+        train_r2=train_score if regression else None,
+        test_r2=test_score if regression else None,
     )
 
 
@@ -819,7 +952,8 @@ def read_train_run(directory: str | Path) -> TrainResult:
 
 def _history_problem(history: pd.DataFrame, record: TrainRecord) -> str | None:
     """Why a stored history is not one of ``record``'s run (None when it is)."""
-    wanted = [c for c in History().columns() if c not in history.columns]
+    score = Task(record.data.task).score_name
+    wanted = [c for c in History(score=score).columns() if c not in history.columns]
     if wanted:
         return f"history.parquet lacks the column(s) {', '.join(wanted)}"
     for name in history.columns:

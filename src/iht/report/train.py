@@ -17,8 +17,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..budget import Budget
 from ..certify import instability_reasons
-from ..experiments.train import OUTPUT_FILES, TrainMetrics, TrainRecord, TrainResult, read_train_run
+from ..experiments.train import (
+    OUTPUT_FILES,
+    DataInfo,
+    DenseReference,
+    ExportCost,
+    TrainMetrics,
+    TrainRecord,
+    TrainResult,
+    read_train_run,
+)
 from ..storage.files import atomic_write_bytes
 from .html import PageFigure, escape, figure_html, figure_png, html_page, write_figures
 
@@ -38,21 +48,33 @@ def summary_lines(run: TrainResult, report: Path | None, elapsed: float) -> list
     """
     record, metrics, certificate = run.record, run.metrics, run.certificate
     data, model, budget, lr = record.data, record.model, record.budget, record.lr
-    widths = [data.n_features, *model.hidden, data.n_classes]
+    outputs = 1 if data.task == "regression" else data.n_classes
+    widths = [data.n_features, *model.hidden, outputs]
     shape = "-".join(str(w) for w in widths)
     kind = model.activation if model.hidden else "linear"
     if record.config.model == "cnn":
         shape, kind = (
-            f"CNN {data.n_features}-{data.n_classes}",
+            f"CNN {data.n_features}-{outputs}",
             f"{model.hidden[0] if model.hidden else 25} channels, {model.activation}",
         )
-    if budget.mode == "per_layer":
+    if budget.structure in ("group", "group+bias"):
+        shared = "whole neurons/channels, per layer: " + ", ".join(
+            f"{p.name} {p.sparsity}/{p.units} rows" for p in budget.pools if not p.dense
+        )
+        shared += "; the output layer dense"
+    elif budget.structure != "entry":
+        shared = f"{budget.structure} pattern in " + ", ".join(
+            p.name for p in budget.pools if not p.dense
+        )
+        shared += "; other parameters dense"
+    elif budget.mode == "per_layer":
         shared = "per layer: " + ", ".join(
             f"{p.name} {p.sparsity}/{p.size}" for p in budget.pools if not p.dense
         )
     else:
         shared = "global"
-    shared += ", biases dense" if budget.exclude_biases else ", biases counted"
+    if budget.structure == "entry":
+        shared += ", biases dense" if budget.exclude_biases else ", biases counted"
     lr_text = (
         f"lr {lr.value:.4g} (auto: 1/L_hat_2s, L_hat_2s = {lr.l2s_estimate:.4g}, "
         f"{lr.n_monte} draws)"
@@ -63,14 +85,16 @@ def summary_lines(run: TrainResult, report: Path | None, elapsed: float) -> list
     batch = f", batch size {batch_size}" if batch_size else ""
     lines = [
         f"data {data.name}: {data.n_train} train / {data.n_test} test rows, "
-        f"{data.n_features} features, {data.n_classes} classes",
+        f"{data.n_features} features, {_target_text(data)}",
         f"model {shape} ({kind}), "
-        f"P = {model.n_params}; budget s = {budget.sparsity} of {budget.budgeted} ({shared})",
+        f"P = {model.n_params}; budget s = {budget.sparsity} of {_budget_units(budget)} "
+        f"({shared})",
         f"{lr_text}; {metrics.steps} steps of {record.training.algorithm}{batch} "
         f"in {metrics.time_s.training:.1f} s",
-        f"train loss {metrics.train_loss:.4g}, accuracy {metrics.train_accuracy:.3f} | "
-        f"test loss {metrics.test_loss:.4g}, test accuracy {metrics.test_accuracy:.3f}",
-        f"nonzeros {metrics.nonzeros} / {metrics.n_params} ({100 * metrics.density:.1f}%)",
+        _results_text(metrics),
+        f"nonzeros {metrics.nonzeros} / {metrics.n_params} ({100 * metrics.density:.1f}%)"
+        + _kept_rows_text(metrics),
+        *_export_text(metrics),
         f"certificate: stable={certificate['stable']}, max|grad| on support "
         f"{certificate['max_grad_on_support']:.2e}, off-support ratio "
         f"{certificate['off_support_ratio']:.3g}, fixed-point residual "
@@ -87,7 +111,7 @@ def summary_lines(run: TrainResult, report: Path | None, elapsed: float) -> list
         dense = metrics.dense
         lines.append(
             f"dense reference (no budget, same steps, lr {dense.lr:.4g}): train loss "
-            f"{dense.train_loss:.4g}, test accuracy {dense.test_accuracy:.3f}; "
+            f"{dense.train_loss:.4g}, {_dense_score(dense)}; "
             f"epsilon = {certificate['epsilon']:.3g}"
         )
     directory = run.directory
@@ -147,7 +171,8 @@ def _fig_loss(history: pd.DataFrame, metrics: TrainMetrics) -> tuple[bytes, str]
         )
     ax.set_yscale("log")
     ax.set_xlabel("step k")
-    ax.set_ylabel("cross-entropy (log scale)")
+    regression = metrics.task == "regression"
+    ax.set_ylabel(f"{'MSE, standardised target' if regression else 'cross-entropy'} (log scale)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")
     caption = (
@@ -156,21 +181,87 @@ def _fig_loss(history: pd.DataFrame, metrics: TrainMetrics) -> tuple[bytes, str]
     return figure_png(fig), caption
 
 
+def _export_text(metrics: TrainMetrics) -> list[str]:
+    """The export's cost against the dense file (none for runs stored before it existed)."""
+    cost = metrics.export
+    if cost is None:
+        return []
+    return [
+        f"export {cost.file}: {cost.bytes:,} bytes, {cost.params:,} parameters stored (dense "
+        f"model.pt {cost.dense_bytes:,} bytes, {cost.dense_params:,}; {_size_ratio(cost)})"
+    ]
+
+
+def _size_ratio(cost: ExportCost) -> str:
+    if cost.bytes <= cost.dense_bytes:
+        return f"{cost.dense_bytes / max(cost.bytes, 1):.2f}x smaller"
+    return f"{cost.bytes / cost.dense_bytes:.2f}x larger: sparse storage does not pay here"
+
+
+def _kept_rows_text(metrics: TrainMetrics) -> str:
+    """E.g. "; kept rows: 0 16/64, 2 12/32" for a neuron/channel budget, else ""."""
+    kept = [layer for layer in metrics.layers if layer.rows is not None]
+    if not kept:
+        return ""
+    return "; kept rows: " + ", ".join(f"{x.name} {x.kept_rows}/{x.rows}" for x in kept)
+
+
+def _budget_units(budget: Budget) -> str:
+    """What s is out of: entries, or rows for a neuron/channel budget."""
+    if budget.structure in ("group", "group+bias"):
+        return f"{sum(p.units for p in budget.pools if not p.dense)} rows"
+    return str(budget.budgeted)
+
+
+def _target_text(data: DataInfo) -> str:
+    """E.g. "10 classes", or "a numeric target (mean 152.1, std 77.1)"."""
+    if data.task == "regression":
+        return f"a numeric target (mean {data.target_mean:.4g}, std {data.target_std:.4g})"
+    return f"{data.n_classes} classes"
+
+
+def _results_text(metrics: TrainMetrics) -> str:
+    """The final losses and scores on one line."""
+    if metrics.task == "regression":
+        return (
+            f"train MSE (standardised) {metrics.train_loss:.4g}, R² {metrics.train_r2:.3f}, "
+            f"RMSE {metrics.train_rmse:.4g} | test MSE {metrics.test_loss:.4g}, "
+            f"R² {metrics.test_r2:.3f}, RMSE {metrics.test_rmse:.4g}"
+        )
+    return (
+        f"train loss {metrics.train_loss:.4g}, accuracy {metrics.train_accuracy:.3f} | "
+        f"test loss {metrics.test_loss:.4g}, test accuracy {metrics.test_accuracy:.3f}"
+    )
+
+
+def _dense_score(dense: DenseReference) -> str:
+    if dense.test_r2 is not None:
+        return f"test R² {dense.test_r2:.3f}"
+    return f"test accuracy {dense.test_accuracy:.3f}"
+
+
 def _fig_accuracy(history: pd.DataFrame, metrics: TrainMetrics) -> tuple[bytes, str]:
+    """The score at theta_k: accuracy, or R² for a regression."""
+    regression = metrics.task == "regression"
+    name, label = ("r2", "R²") if regression else ("accuracy", "accuracy")
     fig, ax = _figure()
-    train = history.dropna(subset=["train_accuracy"])
-    ax.plot(train["step"], train["train_accuracy"], color="C0", label="training accuracy")
-    test = history.dropna(subset=["test_accuracy"])
+    train = history.dropna(subset=[f"train_{name}"])
+    ax.plot(train["step"], train[f"train_{name}"], color="C0", label=f"training {label}")
+    test = history.dropna(subset=[f"test_{name}"])
     if not test.empty:
-        ax.plot(test["step"], test["test_accuracy"], color="C1", label="test accuracy")
-    ax.set_ylim(-0.02, 1.02)
+        ax.plot(test["step"], test[f"test_{name}"], color="C1", label=f"test {label}")
+    if regression:
+        low = min(0.0, float(np.nanmin(history[[f"train_{name}", f"test_{name}"]].to_numpy())))
+        ax.set_ylim(max(low, -1.0) - 0.02, 1.02)  # a diverging start would hide the end
+    else:
+        ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("step k")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     caption = (
-        f"Accuracy at theta_k. Final: training {metrics.train_accuracy:.3f}, test "
-        f"{metrics.test_accuracy:.3f}."
+        f"{label[0].upper()}{label[1:]} at theta_k. Final: training "
+        f"{metrics.train_score:.3f}, test {metrics.test_score:.3f}."
     )
     return figure_png(fig), caption
 
@@ -282,7 +373,11 @@ def write_train_report(directory: str | Path) -> Path:
         warnings.simplefilter("ignore", RuntimeWarning)
         figures = [
             PageFigure("loss", "Loss", *_fig_loss(run.history, run.metrics)),
-            PageFigure("accuracy", "Accuracy", *_fig_accuracy(run.history, run.metrics)),
+            PageFigure(
+                "accuracy",
+                "R²" if run.metrics.task == "regression" else "Accuracy",
+                *_fig_accuracy(run.history, run.metrics),
+            ),
             PageFigure("support", "Support changes", *_fig_support(run.history)),
             PageFigure("layers", "Nonzeros per layer", *_fig_layers(run.metrics)),
         ]
@@ -291,6 +386,24 @@ def write_train_report(directory: str | Path) -> Path:
     path = run.directory / "report.html"
     atomic_write_bytes(path, page.encode("utf-8"))
     return path
+
+
+def _score_rows(metrics: TrainMetrics) -> list[tuple[str, Any]]:
+    if metrics.task == "regression":
+        return [
+            (
+                "training MSE (standardised) / R² / RMSE",
+                f"{metrics.train_loss:.4g} / {metrics.train_r2:.3f} / {metrics.train_rmse:.4g}",
+            ),
+            (
+                "test MSE (standardised) / R² / RMSE",
+                f"{metrics.test_loss:.4g} / {metrics.test_r2:.3f} / {metrics.test_rmse:.4g}",
+            ),
+        ]
+    return [
+        ("training loss / accuracy", f"{metrics.train_loss:.4g} / {metrics.train_accuracy:.3f}"),
+        ("test loss / accuracy", f"{metrics.test_loss:.4g} / {metrics.test_accuracy:.3f}"),
+    ]
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -318,7 +431,7 @@ def _render(
         (
             "data",
             f"{data.name} ({data.n_train} train / {data.n_test} test rows, "
-            f"{data.n_features} features, {data.n_classes} classes)",
+            f"{data.n_features} features, {_target_text(data)})",
         ),
         (
             "model",
@@ -349,11 +462,16 @@ def _render(
         ("seed", record.seeds.seed),
     ]
     results = [
-        ("training loss / accuracy", f"{metrics.train_loss:.4g} / {metrics.train_accuracy:.3f}"),
-        ("test loss / accuracy", f"{metrics.test_loss:.4g} / {metrics.test_accuracy:.3f}"),
+        *_score_rows(metrics),
         (
             "nonzeros",
-            f"{metrics.nonzeros} / {metrics.n_params} ({100 * metrics.density:.1f}%)",
+            f"{metrics.nonzeros} / {metrics.n_params} ({100 * metrics.density:.1f}%)"
+            + _kept_rows_text(metrics),
+        ),
+        *(
+            [("export", _export_text(metrics)[0].removeprefix("export "))]
+            if metrics.export is not None
+            else []
         ),
         (
             "wall time",
@@ -365,8 +483,7 @@ def _render(
         results.append(
             (
                 "dense GD reference",
-                f"train loss {dense.train_loss:.4g}, test accuracy "
-                f"{dense.test_accuracy:.3f}, lr {dense.lr:.4g}",
+                f"train loss {dense.train_loss:.4g}, {_dense_score(dense)}, lr {dense.lr:.4g}",
             )
         )
     verdict = (
