@@ -390,7 +390,7 @@ def _preview(names: Sequence[str], limit: int = 5) -> str:
 
 
 def _numeric_column(
-    name: str, values: list[str], lines: list[int], where: str
+    name: str, values: list[str], lines: list[int], where: str, kind: str = "feature"
 ) -> NDArray[np.float64]:
     try:
         column = np.asarray(values, dtype=np.float64)
@@ -403,7 +403,7 @@ def _numeric_column(
     if not np.isfinite(column).all():
         bad = int(np.flatnonzero(~np.isfinite(column))[0])
         raise DataError(
-            f"{where}: feature column {name!r} holds the non-finite value {values[bad]!r} "
+            f"{where}: {kind} column {name!r} holds the non-finite value {values[bad]!r} "
             f"on line {lines[bad]}"
         )
     return column
@@ -419,7 +419,7 @@ def _regression_target(
             f"{where}: target column {name!r} holds {values[bad[0]]!r} on line "
             f"{lines[bad[0]]}; a regression target must be numbers"
         )
-    column = _numeric_column(name, values, lines, where)
+    column = _numeric_column(name, values, lines, where, kind="target")
     if float(column.min()) == float(column.max()):
         raise DataError(
             f"{where}: target column {name!r} is the constant {values[0]!r}; there is nothing "
@@ -438,7 +438,15 @@ def _refuse_guess(name: str, values: list[str], lines: list[int], where: str) ->
     whole = bool(np.all(finite == np.round(finite)))
     if whole and distinct <= MAX_GUESSED_CLASSES:
         return
-    what = f"{distinct} distinct numbers in {len(values)} rows" if whole else "non-integer numbers"
+    if whole:
+        what = f"{distinct} distinct numbers in {len(values)} rows"
+    else:
+        i = next(
+            k
+            for k, v in enumerate(values)
+            if math.isfinite(float(v)) and float(v) != round(float(v))
+        )
+        what = f"the number {values[i]!r} on line {lines[i]}, not a class label"
     raise DataError(
         f"{where}: target column {name!r} holds {what}; pass --task regression to predict "
         "the number, or --task classification to treat each value as a class"

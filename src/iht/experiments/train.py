@@ -785,9 +785,7 @@ def _metrics(
     )
 
 
-def _export(
-    directory: Path, model: nn.Module, budget: Budget, sparse_bytes: bytes
-) -> ExportCost:
+def _export(directory: Path, model: nn.Module, budget: Budget, sparse_bytes: bytes) -> ExportCost:
     """Write the shrunk model of a neuron/channel run; the cost of the run's export."""
     dense_bytes = (directory / "model.pt").stat().st_size
     dense_params = sum(p.numel() for p in model.parameters())
