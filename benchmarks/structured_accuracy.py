@@ -62,7 +62,7 @@ def _config(setting: str, structure: str, sparsity: str | None, seed: int) -> Tr
         data=str(spec["data"]),
         hidden=tuple(spec["hidden"]),  # type: ignore[arg-type]
         model=str(spec["model"]),
-        sparsity=sparsity if structure != "entry" or sparsity is None else sparsity,
+        sparsity=sparsity,
         structure=structure,
         seed=seed,
     )
@@ -149,7 +149,9 @@ def main() -> None:
     for structure, sparsity in SHAPES:
         for seed in range(args.seeds):
             config = _config(args.setting, structure, sparsity, seed)
-            name = f"{config.structure}-{(sparsity or '').rstrip('%')}-seed{seed}".replace("--", "-")
+            name = f"{config.structure}-{(sparsity or '').rstrip('%')}-seed{seed}".replace(
+                "--", "-"
+            )
             rows.append(_run(config, args.out / args.setting / name))
             print(f"  {name}: test accuracy {rows[-1]['test_accuracy']:.3f}", flush=True)
     frame = pd.DataFrame(rows)
