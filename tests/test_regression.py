@@ -97,7 +97,10 @@ def test_a_numeric_target_with_many_values_is_never_guessed_into_classes(tmp_pat
     few = _write(tmp_path / "few.csv", [str(i % 3) for i in range(30)])
     assert load_csv(few, target="y").n_classes == 3  # labels 0, 1, 2 are still classes
     real = _write(tmp_path / "real.csv", ["1.5", "2.25", "3"])
-    with pytest.raises(DataError, match=r"holds the number '1.5' on line 2, not a class label; pass --task regression"):
+    with pytest.raises(
+        DataError,
+        match=r"holds the number '1.5' on line 2, not a class label; pass --task regression",
+    ):
         load_csv(real, target="y")
     with pytest.raises(DataError, match="for a numeric target pass --task regression"):
         load_csv(real, target="y", task="classification")

@@ -329,3 +329,45 @@ def test_a_structured_budget_is_certified_with_its_own_projection() -> None:
     assert cert["nonzeros"] == 6 * 9 + 4 * 13
     entry = plan_budget(model, 5)
     assert entry.structure == "entry"
+
+
+def test_the_l2s_estimate_draws_supports_of_the_budgets_shape() -> None:
+    """Every sampled point lies in the structured set: whole rows, the N:M pattern."""
+    from iht import lipschitz
+
+    model = _mlp()
+    X, y = torch.randn(32, 8, dtype=torch.float64), torch.randint(0, 3, (32,))
+    for structure, sparsity in (("neuron", "50%"), ("2:4", None)):
+        budget = plan_structured_budget(model, structure, sparsity)
+        seen: list[Tensor] = []
+        real = lipschitz.budget_pairs
+
+        def spy(theta, keys, z, masks, real=real, seen=seen):  # type: ignore[no-untyped-def]
+            pair = real(theta, keys, z, masks)
+            seen.extend(pair)
+            return pair
+
+        lipschitz.budget_pairs = spy  # type: ignore[assignment]
+        try:
+            est = lipschitz.estimate_l2s(
+                model,
+                lambda m: torch.nn.functional.cross_entropy(m(X), y),
+                sparsity=None,
+                budget=budget,
+                n_samples=8,
+                generator=torch.Generator().manual_seed(0),
+            )
+        finally:
+            lipschitz.budget_pairs = real  # type: ignore[assignment]
+        assert est.estimate > 0 and est.ratios.numel() == 8
+        for points in seen:
+            for theta in points:
+                w0 = theta[: 12 * 8].reshape(12, 8)
+                if structure == "neuron":
+                    b0 = theta[12 * 8 : 12 * 8 + 12]
+                    alive = (w0 != 0).any(dim=1) | (b0 != 0)
+                    assert int(alive.sum()) <= 6  # whole neurons, 6 of 12
+                else:
+                    assert bool(((w0.reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
+    with pytest.raises(InvalidValueError, match="sparsity or budget, not both"):
+        lipschitz.estimate_l2s(model, lambda m: m(X).sum(), sparsity=5, budget=budget)

@@ -24,13 +24,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import InvalidValueError
 from .init import sparse_init_
 from .optim import IHT
 from .sparse_optimizer import SparseOptimizer
 from .structured import parse_nm, parse_structure
+from .threshold import top_s_mask
 
 __all__ = [
     "ALLOCATIONS",
@@ -380,6 +381,40 @@ class Budget:
             keep[chosen] = True
             for tensor, kept in zip(tensors, keep.split([t.numel() for t in tensors]), strict=True):
                 tensor.mul_(kept.view(tensor.shape).to(tensor.dtype))
+
+    def masks(self, model: nn.Module, scores: Tensor, *, random: bool) -> Tensor:
+        """The flat mask (``model.parameters()`` order, trainable ones) of the point of this
+        budget's set that ``scores`` (n, P) pick, one row per draw: each pool keeps its s
+        largest scores (entries), or its structure's best rows / N:M pattern; dense pools
+        keep everything. With ``random`` the scores are uniform keys and the mask is a
+        uniformly random point of the set's supports; otherwise they are the values to
+        project (the mask of the projection)."""
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        offsets, start = {}, 0
+        for name, p in params:
+            offsets[name] = (start, start + p.numel(), p.shape)
+            start += p.numel()
+        mask = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+        for pool in self.pools:
+            if pool.dense:
+                continue
+            spans = [offsets[n] for n in pool.params]
+            for row in range(scores.shape[0]):
+                parts = [scores[row, lo:hi].reshape(shape) for lo, hi, shape in spans]
+                if not random:
+                    parts = [part.abs() for part in parts]
+                structure = parse_structure(pool.structure)
+                if structure is None:
+                    kept = top_s_mask(
+                        torch.cat([part.reshape(-1) for part in parts]), pool.sparsity
+                    )
+                else:
+                    kept = structure.mask(parts, pool.sparsity)
+                at = 0
+                for lo, hi, _ in spans:
+                    mask[row, lo:hi] = kept[at : at + hi - lo]
+                    at += hi - lo
+        return mask
 
     def nonzeros(self, model: nn.Module) -> dict[str, int]:
         """Nonzeros of every pool, by pool name."""

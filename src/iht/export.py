@@ -4,7 +4,11 @@ A model trained under a budget of s nonzeros is mostly zeros; stored densely it 
 as the dense model. :func:`save_sparse` stores every parameter as a torch sparse tensor (CSR for
 matrices, COO otherwise) with its shape and dtype; :func:`load_sparse` puts the values back
 into a model of the same architecture; :func:`sparsify_linear_layers` swaps each ``nn.Linear``
-for a :class:`SparseLinear` that multiplies with a CSR weight, for sparse inference.
+for a :class:`SparseLinear` that multiplies with a CSR weight, for sparse inference, and
+:func:`sparsify_layers` also each zero-padded ``nn.Conv1d`` / ``nn.Conv2d`` for a
+:class:`SparseConv` (the input unfolded into columns, then the CSR weight times them).
+:func:`semi_structured` puts 2:4-sparse Linear weights in torch's semi-structured format,
+which has kernels on CUDA GPUs only; on a CPU it says so instead of pretending.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +26,14 @@ from .untrusted import Refused, read_regular_file
 
 __all__ = [
     "FORMAT",
+    "SparseConv",
     "SparseLinear",
     "load_sparse",
     "max_export_bytes",
     "save_sparse",
+    "semi_structured",
     "sparse_payload",
+    "sparsify_layers",
     "sparsify_linear_layers",
 ]
 
@@ -162,4 +169,109 @@ def sparsify_linear_layers(model: nn.Module) -> nn.Module:
             setattr(model, name, SparseLinear(child))
         else:
             sparsify_linear_layers(child)
+    return model
+
+
+class SparseConv(nn.Module):
+    """A Conv1d or Conv2d (zero padding, ``groups=1``) with its weight as a CSR matrix of
+    shape (out, in x kernel): y = W unfold(x) + b (inference only, no gradients). The input's
+    patches are unfolded into columns (``torch.nn.functional.unfold``; a Conv1d as a Conv2d of
+    height 1), so its cost is that of the CSR product plus the unfolding."""
+
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d) -> None:
+        super().__init__()
+        if not _sparsifiable_conv(conv):
+            raise InvalidValueError(
+                "SparseConv takes a Conv1d/Conv2d with numeric zero padding and groups=1"
+            )
+        self.one_d = isinstance(conv, nn.Conv1d)
+        self.out_channels = conv.out_channels
+
+        def pair(value: tuple[int, ...]) -> tuple[int, int]:
+            return (1, value[0]) if self.one_d else (value[0], value[1])
+
+        self.kernel_size = pair(tuple(conv.kernel_size))
+        self.stride = pair(tuple(conv.stride))
+        self.dilation = pair(tuple(conv.dilation))
+        padding = cast(tuple[int, ...], conv.padding)
+        self.padding = (0, padding[0]) if self.one_d else (padding[0], padding[1])
+        self.weight = _csr(conv.weight.detach().reshape(conv.out_channels, -1))
+        self.bias = None if conv.bias is None else conv.bias.detach().clone()
+
+    def forward(self, x: Tensor) -> Tensor:
+        images = x.unsqueeze(2) if self.one_d else x
+        n, height = images.shape[0], images.shape[2]
+        cols = nn.functional.unfold(
+            images,
+            self.kernel_size,
+            dilation=self.dilation,
+            padding=self.padding,
+            stride=self.stride,
+        )  # (n, in x kernel, positions)
+        positions = cols.shape[-1]
+        flat = cols.transpose(0, 1).reshape(cols.shape[1], n * positions)
+        y = torch.sparse.mm(self.weight, flat).reshape(self.out_channels, n, positions)
+        y = y.transpose(0, 1)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1)
+        out_h = (
+            height + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1
+        ) // self.stride[0] + 1
+        out_w = positions // out_h
+        y = y.reshape(n, self.out_channels, out_h, out_w)
+        return y.squeeze(2) if self.one_d else y
+
+
+def _sparsifiable_conv(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv1d | nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def sparsify_layers(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.Linear`` by a :class:`SparseLinear` and every zero-padded, ungrouped
+    ``nn.Conv1d`` / ``nn.Conv2d`` by a :class:`SparseConv`, in place (other convolutions stay
+    as they are)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(model, name, SparseLinear(child))
+        elif _sparsifiable_conv(child):
+            setattr(model, name, SparseConv(cast(nn.Conv1d | nn.Conv2d, child)))
+        else:
+            sparsify_layers(child)
+    return model
+
+
+def semi_structured(model: nn.Module) -> nn.Module:
+    """Store every 2:4-sparse ``nn.Linear`` weight of ``model`` in torch's semi-structured
+    format (``torch.sparse.to_sparse_semi_structured``), in place, for the GPU's sparse tensor
+    cores; weights that are not 2:4 are left dense.
+
+    Raises:
+        InvalidValueError: the weights are not on a CUDA device in float16 or bfloat16: torch
+            has semi-structured kernels only there (compute capability 8.0 or newer); on a CPU
+            a 2:4 model runs dense, as fast as the dense model and no faster.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    bad = [
+        m.weight for m in linears if m.weight.device.type != "cuda" or m.weight.dtype not in (
+            torch.float16, torch.bfloat16
+        )
+    ]  # fmt: skip
+    if bad:
+        raise InvalidValueError(
+            f"2:4 semi-structured kernels need the weights on a CUDA GPU in float16 or bfloat16; "
+            f"got {bad[0].device.type} {str(bad[0].dtype).removeprefix('torch.')} (on a CPU a 2:4 "
+            "model has no sparse kernel: run it dense)"
+        )
+    from torch.sparse import to_sparse_semi_structured
+
+    for module in linears:
+        w = module.weight.detach()
+        blocks = (w.reshape(-1, 4) != 0).sum(dim=1) if w.shape[-1] % 4 == 0 else None
+        if blocks is not None and bool((blocks <= 2).all()):
+            module.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
     return model

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,9 @@ from .errors import EstimateError, InvalidValueError
 from .evaluation import evaluating
 from .init import reset_parameters_
 from .threshold import check_sparsity, flatten, top_s_mask, unflatten_
+
+if TYPE_CHECKING:
+    from .budget import Budget
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
@@ -169,6 +173,21 @@ def draw_pairs(
     return perturbation_pairs(theta, keys, z, sparsity)
 
 
+def budget_pairs(
+    theta: Tensor, keys: Tensor, z: Tensor, masks: Callable[[Tensor, bool], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Steps 3-4 for a budget of any shape: theta_i kept on a uniformly random point of the
+    budget's supports (``masks(keys, True)``), then perturbed by alpha z and projected back
+    onto the budget's set (``masks(moved, False)``: its own projection, groups or N:M)."""
+    sparse = torch.where(masks(keys, True), theta, torch.zeros_like(theta))
+    magnitude = sparse.abs()
+    alpha = torch.where(magnitude > 0, magnitude, torch.full_like(magnitude, math.inf))
+    alpha = alpha.min(dim=-1, keepdim=True).values
+    alpha = torch.where(torch.isfinite(alpha), alpha, torch.ones_like(alpha))
+    moved = sparse + alpha * z
+    return sparse, torch.where(masks(moved, False), moved, torch.zeros_like(moved))
+
+
 def lipschitz_ratios(grad_fn: GradFn, sparse: Tensor, perturbed: Tensor) -> Tensor:
     """Step 5: L_i = ||grad f(theta_i) - grad f(theta~_i)|| / ||theta_i - theta~_i||, shape (n,)."""
     return (grad_fn(sparse) - grad_fn(perturbed)).norm(dim=-1) / (sparse - perturbed).norm(dim=-1)
@@ -192,6 +211,27 @@ def ratios_to_estimate(ratios: Tensor, s: int) -> L2sEstimate:
     )
 
 
+def _estimate_for_budget(
+    grad_fn: GradFn,
+    init_fn: InitFn,
+    model: nn.Module,
+    budget: Budget,
+    n_samples: int,
+    generator: torch.Generator | None,
+) -> L2sEstimate:
+    """:func:`estimate_l2s_fn`'s steps with the supports of ``budget``'s shape (the same
+    order of draws: initialisations, uniform keys, normal perturbations)."""
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise InvalidValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    theta = init_fn(n_samples, generator)
+    keys = torch.rand(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
+    z = torch.randn(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
+    sparse, perturbed = budget_pairs(
+        theta, keys, z, lambda scores, random: budget.masks(model, scores, random=random)
+    )
+    return ratios_to_estimate(lipschitz_ratios(grad_fn, sparse, perturbed), budget.max_nonzeros)
+
+
 def estimate_l2s(
     model: nn.Module,
     loss_fn: Callable[[nn.Module], Tensor],
@@ -200,6 +240,7 @@ def estimate_l2s(
     n_samples: int = DEFAULT_N_SAMPLES,
     generator: torch.Generator | None = None,
     init_fn: InitFn | None = None,
+    budget: Budget | None = None,
 ) -> L2sEstimate:
     """Estimate L_2s for a model and a loss closure, and the learning rate 1 / L_hat_2s.
 
@@ -216,6 +257,11 @@ def estimate_l2s(
         n_samples: Monte Carlo draws.
         generator: the randomness (CPU generator).
         init_fn: optional ``init_fn(n, generator) -> (n, P)`` replacing the default draws.
+        budget: instead of ``sparsity`` (then None): draw the supports of this budget's
+            shape, pool by pool: s random entries of an entry pool, random whole rows of a
+            neuron/channel pool, a random N:M pattern (the restricted constant of a
+            structured set is over its own supports), and project the perturbed point with
+            the budget's own projection.
 
     Returns:
         An :class:`L2sEstimate` with ``estimate``, ``lr`` and every sampled ratio.
@@ -266,17 +312,24 @@ def estimate_l2s(
             )
         return torch.stack(rows)
 
+    if budget is not None and sparsity is not None:
+        raise InvalidValueError("give sparsity or budget, not both")
     started = time.perf_counter()
     try:
         with evaluating(model):
-            found = estimate_l2s_fn(
-                grad_fn,
-                init_fn or default_init,
-                sparsity=sparsity,
-                size=sum(p.numel() for p in params),
-                n_samples=n_samples,
-                generator=generator,
-            )
+            if budget is None:
+                found = estimate_l2s_fn(
+                    grad_fn,
+                    init_fn or default_init,
+                    sparsity=sparsity,
+                    size=sum(p.numel() for p in params),
+                    n_samples=n_samples,
+                    generator=generator,
+                )
+            else:
+                found = _estimate_for_budget(
+                    grad_fn, init_fn or default_init, model, budget, n_samples, generator
+                )
         return dataclasses.replace(
             found, seconds_per_draw=(time.perf_counter() - started) / n_samples
         )

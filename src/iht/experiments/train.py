@@ -477,10 +477,13 @@ def _train(
     if plan.lr is None:
         # The iterates have at most s + (dense parameters) nonzeros, so that is the sparsity
         # the estimate draws its supports with (= s under the paper's global budget).
+        # A structured budget's supports are drawn in its own shape (rows, N:M patterns).
+        structured = budget.structure != "entry"
         estimate = estimate_l2s(
             model,
             loss_fn,
-            sparsity=budget.max_nonzeros,
+            sparsity=None if structured else budget.max_nonzeros,
+            budget=budget if structured else None,
             n_samples=config.n_monte,
             generator=torch.Generator().manual_seed(seeds.monte_carlo),
         )
