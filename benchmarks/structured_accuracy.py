@@ -16,8 +16,8 @@ Each run is stored under ``OUT/SETTING/`` (an existing finished run is read back
 Printed: test accuracy median [min, max] over the seeds, nonzeros, the exported file against
 the dense ``model.pt`` (bytes), and CPU latency of seed 0's model at batch 1 and 256 (median of
 interleaved repetitions, ms, with the ratio to the dense model measured in the same run):
-entry runs export their Linear layers to CSR (``iht.export.sparsify_linear_layers``; convs
-stay dense), neuron/channel runs to the shrunk dense model (``iht.shrink.shrink``), 2:4 has no
+entry runs export their Linear and Conv layers to CSR (``iht.export.sparsify_layers``; a
+conv as unfold + CSR product), neuron/channel runs to the shrunk dense model (``iht.shrink.shrink``), 2:4 has no
 CPU kernel (``torch.sparse.to_sparse_semi_structured`` needs a CUDA GPU): it runs dense.
 """
 
@@ -35,7 +35,7 @@ from torch import nn
 
 from iht.experiments.config import TrainConfig
 from iht.experiments.train import read_train_run, run_train
-from iht.export import sparsify_linear_layers
+from iht.export import sparsify_layers
 from iht.models import build_model
 from iht.shrink import shrink
 
@@ -114,7 +114,7 @@ def _exported(directory: Path, setting: str, structure: str) -> tuple[nn.Module,
     if structure == "entry":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return dense, sparsify_linear_layers(model)
+            return dense, sparsify_layers(model)
     return dense, model  # N:M: no CPU kernel, the model runs dense
 
 

@@ -43,9 +43,18 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @target_option
 @click.option(
     "--sparsity",
-    required=True,
-    help="Budgets s: counts (3,5,8), ranges (1-5), fractions (0.1) or percentages (10%) of P; "
-    "biases count.",
+    default="",
+    help="Budgets s: counts (3,5,8), ranges (1-5), fractions (0.1) or percentages (10%) of P, "
+    "biases counted; with --structure neuron or channel, of the hidden layers' rows. "
+    "Required but with an N:M structure.",
+)
+@click.option(
+    "--structure",
+    default=default_of(CompareConfig, "structure"),
+    show_default=True,
+    help="The budget's shape: entry, neuron or channel (whole hidden neurons / channels with "
+    "their biases; methods dense, oneshot, gmp, iht), or an N:M pattern such as 2:4 (dense, "
+    "oneshot, iht).",
 )
 @hidden_option()
 @activation_option(CompareConfig)
@@ -119,10 +128,9 @@ def compare_command(
     split and initialisation; prints a table (median [min, max] over seeds) and writes
     results.parquet, config.json and compare.html to --out.
     """
-    from ..budget import parse_sparsity_list
     from ..data import load_dataset
     from ..errors import StoreError
-    from ..experiments.compare import model_size, read_comparison, run_compare
+    from ..experiments.compare import compare_levels, model_size, read_comparison, run_compare
     from ..report.compare import format_table, summarise, write_compare_report
     from ..storage.files import check_output_dir
 
@@ -158,7 +166,7 @@ def compare_command(
     elif not holds_only_partial(directory):
         check_output_dir(directory, overwrite=False)  # before any training
     size = model_size(config, dataset)
-    levels = parse_sparsity_list(config.levels_text, size)
+    levels = compare_levels(config, dataset)
     click.echo(
         f"compare: {dataset.name}, P = {size}, s = {', '.join(map(str, levels))}, "
         f"methods {', '.join(config.methods)}, {config.steps} steps, {config.seeds} seed(s) "

@@ -74,7 +74,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -97,9 +97,9 @@ from ..baselines import (
     rigl_fraction,
     rigl_mask,
 )
-from ..budget import Budget, parse_sparsity_list, plan_budget
+from ..budget import Budget, parse_sparsity_list, plan_budget, plan_structured_budget
 from ..data import Dataset, load_dataset, n_test_rows, random_split, standardise
-from ..errors import NonFiniteError, StoreError
+from ..errors import DataError, NonFiniteError, StoreError
 from ..init import reset_parameters_, sparse_init_
 from ..lipschitz import estimate_l2s
 from ..models import build_model
@@ -129,6 +129,7 @@ __all__ = [
     "OUTPUT_FILES",
     "CompareRecord",
     "CompareResult",
+    "compare_levels",
     "compared_model",
     "model_size",
     "read_comparison",
@@ -373,6 +374,104 @@ class _RigL(_Masked):
                     p.grad.mul_(mask)  # only the active connections are trained
 
 
+class _StructuredPrune(_Masked):
+    """One-shot (at ``at``) or gradual (on the GMP plan, each pool's kept rows following the
+    cubic schedule) pruning onto a structured budget: the rows (N:M entries) of largest
+    magnitude are kept, and a pruned one never returns."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        budget: Budget,
+        *,
+        at: int | None = None,
+        plan: GmpPlan | None = None,
+    ) -> None:
+        super().__init__(model, optimizer)
+        self.model, self.budget, self.at, self.plan = model, budget, at, plan
+        self.keep = torch.ones(sum(p.numel() for p in self.params), dtype=torch.bool)
+
+    def before_step(self, t: int) -> None:
+        if self.plan is not None:
+            if not self.plan.prunes_at(t):
+                return
+            budget = self._gradual(t)
+        elif t == self.at:
+            budget = self.budget
+        else:
+            return
+        with torch.no_grad():
+            theta = flatten(p.detach() for p in self.params)
+            # Pruned rows are exactly 0, so the kept ones lie among the unpruned.
+            self.keep = self.keep & budget.masks(self.model, theta[None], random=False)[0]
+            self.masks = [
+                m.to(p.dtype)
+                for m, p in zip(split_like(self.keep, self.params), self.params, strict=True)
+            ]
+        self.apply()
+
+    def _gradual(self, t: int) -> Budget:
+        """The budget at step t: each pool's rows on the cubic schedule to its final count."""
+        assert self.plan is not None
+        pools = []
+        for pool in self.budget.pools:
+            if pool.dense:
+                pools.append(pool)
+                continue
+            final = 1 - pool.sparsity / pool.units
+            rows = kept_count(
+                gmp_sparsity(
+                    t, initial=0.0, final=final, t0=self.plan.t0, dt=self.plan.dt, n=self.plan.n
+                ),
+                pool.units,
+                pool.sparsity,
+            )
+            pools.append(replace(pool, sparsity=rows))
+        return replace(self.budget, pools=tuple(pools))
+
+
+def _train_structured(
+    method: str,
+    budget: Budget,
+    model: nn.Module,
+    problem: _Problem,
+    config: CompareConfig,
+    lr: float,
+    plan: GmpPlan,
+) -> _Trained:
+    """A sparse method under a structured budget, in the shared loop."""
+    params = list(model.parameters())
+    policy: _Policy = _Policy()
+    if method == "iht":  # from the dense initialisation: its first projection picks the rows
+        if config.optimizer == "gd":
+            optimizer: torch.optim.Optimizer = budget.optimizer(model, lr=lr)
+        else:
+            optimizer = budget.wrap(
+                model,
+                lambda groups: _base_optimizer(config, groups, lr),
+                schedule=schedule_named(config.iht_schedule, config.steps),
+            )
+    else:
+        optimizer = _base_optimizer(config, params, lr)
+        if method == "oneshot":
+            policy = _StructuredPrune(model, optimizer, budget, at=config.pretrain_steps)
+        else:
+            policy = _StructuredPrune(model, optimizer, budget, plan=plan)
+    problem.count = 0
+    batches = problem.batches()
+    start = time.perf_counter()
+    for t in range(config.steps):
+        policy.before_step(t)
+        optimizer.zero_grad(set_to_none=True)
+        problem.loss(model, next(batches)).backward()
+        policy.before_update(t)
+        optimizer.step()
+        policy.after_update(t)
+    policy.finish()
+    return _Trained(model, problem.count, time.perf_counter() - start)
+
+
 @dataclass
 class _Trained:
     """A trained model with its cost."""
@@ -383,10 +482,9 @@ class _Trained:
     l1_nonzeros: int = -1
 
 
-def _base_optimizer(
-    config: CompareConfig, params: Sequence[Tensor], lr: float
-) -> torch.optim.Optimizer:
-    """Every method's base optimizer (gd: plain gradient steps)."""
+def _base_optimizer(config: CompareConfig, params: Any, lr: float) -> torch.optim.Optimizer:
+    """Every method's base optimizer (gd: plain gradient steps) over ``params`` (tensors or
+    param groups)."""
     if config.optimizer in ("gd", "sgd"):
         return torch.optim.SGD(params, lr=lr, foreach=True)
     if config.optimizer == "momentum":
@@ -409,6 +507,9 @@ def _train_method(
     model = copy.deepcopy(model0)
     params = list(model.parameters())
     steps, pre = config.steps, config.pretrain_steps
+    budget = None if method == "dense" else structured_budget(config, model, s)
+    if budget is not None:
+        return _train_structured(method, budget, model, problem, config, lr, plan)
     if method == "iht":
         schedule = config.iht_schedule
         if schedule == "constant":  # the paper's start: a random support of size s
@@ -475,10 +576,12 @@ def _run_seed(
             return DEFAULT_LR[config.optimizer], (0.0, 0)
         problem.count = 0
         start = time.perf_counter()
+        budget = None if s is None else structured_budget(config, model0, s)
         est = estimate_l2s(
             model0,
             problem.loss,
-            sparsity=s,
+            sparsity=s if budget is None else None,
+            budget=budget,
             n_samples=config.n_monte,
             generator=_generator(seed, _L2S, 0 if s is None else s),
         )
@@ -487,8 +590,15 @@ def _run_seed(
     def row(method: str, s: int, done: _Trained, lr: float, est: tuple[float, int]) -> None:
         model = done.model
         count = nonzeros(model)
-        if method != "dense" and count > s:  # an invariant, checked on every run
+        budget = None if method == "dense" else structured_budget(config, model, s)
+        if method != "dense" and budget is None and count > s:  # checked on every run
             raise RuntimeError(f"{method} ended with {count} nonzeros > s = {s} (seed {seed})")
+        if method != "dense" and budget is not None:
+            theta = flatten(p.detach() for p in model.parameters())
+            if bool((theta[~budget.masks(model, theta[None], random=False)[0]] != 0).any()):
+                raise RuntimeError(
+                    f"{method} ended off its {config.structure} budget (seed {seed})"
+                )
         metrics = problem.evaluate(model)
         if not math.isfinite(metrics["train_loss"]):
             raise NonFiniteError(
@@ -588,7 +698,16 @@ class CompareResult:
 
 
 def compared_model(config: CompareConfig, dataset: Dataset) -> nn.Module:
-    """The model every method of ``config`` trains on ``dataset`` (default initialisation)."""
+    """The model every method of ``config`` trains on ``dataset`` (default initialisation).
+
+    Raises:
+        DataError: ``dataset`` is not a classification data set.
+    """
+    if dataset.task != "classification":
+        raise DataError(
+            f"iht compare compares classifiers; {dataset.name} is a {dataset.task} data set "
+            "(train it with iht train --task regression)"
+        )
     return build_model(
         dataset.n_features,
         dataset.n_classes,
@@ -602,6 +721,26 @@ def compared_model(config: CompareConfig, dataset: Dataset) -> nn.Module:
 def model_size(config: CompareConfig, dataset: Dataset) -> int:
     """P, the parameters of the model ``config`` builds for ``dataset`` (biases counted)."""
     return sum(p.numel() for p in compared_model(config, dataset).parameters())
+
+
+def compare_levels(config: CompareConfig, dataset: Dataset) -> tuple[int, ...]:
+    """The budgets s of ``config`` as counts: of parameters (entry), of the hidden layers'
+    rows (neuron / channel), or the one budget an N:M pattern implies."""
+    if config.structure == "entry":
+        return tuple(parse_sparsity_list(config.levels_text, model_size(config, dataset)))
+    model = compared_model(config, dataset)
+    if ":" in config.structure:
+        return (plan_structured_budget(model, config.structure).sparsity,)
+    rows = plan_structured_budget(model, config.structure, 1.0)
+    units = sum(p.units for p in rows.pools if not p.dense)
+    return tuple(parse_sparsity_list(config.levels_text, units))
+
+
+def structured_budget(config: CompareConfig, model: nn.Module, s: int) -> Budget | None:
+    """The structured budget of level s for ``model`` (None for an entry budget)."""
+    if config.structure == "entry":
+        return None
+    return plan_structured_budget(model, config.structure, None if ":" in config.structure else s)
 
 
 def run_compare(
@@ -632,8 +771,7 @@ def run_compare(
     """
     if dataset is None:
         dataset = load_dataset(config.data, target=config.target)
-    size = model_size(config, dataset)
-    levels = parse_sparsity_list(config.levels_text, size)
+    levels = compare_levels(config, dataset)
     total = len(config.methods) * len(levels) * config.seeds
     rows: list[dict[str, Any]] = []
     stored = _open_partial(partial, config)

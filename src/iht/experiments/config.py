@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 from ..budget import check_sparsity_form, check_sparsity_list_form
 from ..certify import DEFAULT_GRAD_TOL
@@ -124,21 +125,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data.strip():
             raise InvalidValueError(f"data must name a data set or a CSV file, got {self.data!r}")
-        nm = isinstance(self.structure, str) and ":" in self.structure
-        if nm:
-            parse_nm(self.structure)
-            if self.sparsity is not None:
-                raise InvalidValueError(
-                    f"an N:M pattern fixes the budget ({self.structure}: N of every M weights); "
-                    "leave out --sparsity"
-                )
-        elif self.structure not in ("entry", "neuron", "channel"):
-            raise InvalidValueError(
-                "structure must be entry, neuron, channel or an N:M pattern such as 2:4, got "
-                f"{self.structure!r}"
-            )
-        elif self.sparsity is None:
-            raise InvalidValueError("--sparsity is required (a count, a fraction or a percentage)")
+        check_structure(self.structure, self.sparsity)
         if self.structure != "entry" and (self.per_layer or self.exclude_biases):
             raise InvalidValueError(
                 "--per-layer and --exclude-biases shape entry budgets; a structured budget is "
@@ -180,6 +167,34 @@ class TrainConfig:
             raise InvalidValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not (self.grad_tol >= 0 and math.isfinite(self.grad_tol)):
             raise InvalidValueError(f"grad_tol must be a finite number >= 0, got {self.grad_tol}")
+
+
+def check_structure(structure: object, sparsity: object) -> bool:
+    """Refuse an unknown budget shape, or a sparsity that does not go with it; True for an
+    N:M pattern (whose budget is the pattern itself)."""
+    nm = isinstance(structure, str) and ":" in structure
+    if nm:
+        parse_nm(cast(str, structure))
+        if sparsity is not None:
+            raise InvalidValueError(
+                f"an N:M pattern fixes the budget ({structure}: N of every M weights); "
+                "leave out --sparsity"
+            )
+    elif structure not in ("entry", "neuron", "channel"):
+        raise InvalidValueError(
+            f"structure must be entry, neuron, channel or an N:M pattern such as 2:4, got "
+            f"{structure!r}"
+        )
+    elif sparsity is None:
+        raise InvalidValueError("--sparsity is required (a count, a fraction or a percentage)")
+    return nm
+
+
+#: The methods of ``iht compare`` that have a structured form, by structure kind.
+STRUCTURED_METHODS: dict[str, tuple[str, ...]] = {
+    "group": ("dense", "oneshot", "gmp", "iht"),
+    "nm": ("dense", "oneshot", "iht"),
+}
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,11 @@ class CompareConfig:
         rigl_every, rigl_fraction, rigl_end: RigL's mask update every ``rigl_every`` steps,
             dropping and growing ``rigl_fraction`` (cosine-decayed) of each layer's
             connections, until ``rigl_end`` of the run.
+        structure: the budget's shape (:func:`iht.budget.plan_structured_budget`):
+            ``entry``, ``neuron`` / ``channel`` (the levels count hidden rows; methods
+            dense, oneshot, gmp and iht, each keeping whole rows) or an N:M pattern (no
+            levels: the pattern is the budget; dense, oneshot and iht). The default methods
+            are then the ones the structure has; naming another is an error.
     """
 
     data: str = "iris"
@@ -276,14 +296,27 @@ class CompareConfig:
     rigl_every: int = 100
     rigl_fraction: float = 0.3
     rigl_end: float = 0.75
+    structure: str = "entry"
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data.strip():
             raise InvalidValueError(f"data must name a data set or a CSV file, got {self.data!r}")
-        if not self.sparsity:
+        nm = check_structure(self.structure, self.sparsity or None)
+        if not self.sparsity and not nm:
             raise InvalidValueError("give at least one sparsity level with --sparsity")
-        check_sparsity_list_form(self.levels_text)  # the range of a count needs the model
+        if self.sparsity:
+            check_sparsity_list_form(self.levels_text)  # the range of a count needs the model
         parse_methods(",".join(self.methods))
+        if self.structure != "entry":
+            allowed = STRUCTURED_METHODS["nm" if nm else "group"]
+            if self.methods == METHODS:  # the default: the methods the structure has
+                object.__setattr__(self, "methods", allowed)
+            extra = [m for m in self.methods if m not in allowed]
+            if extra:
+                raise InvalidValueError(
+                    f"method(s) {', '.join(extra)} have no {self.structure} form here; with "
+                    f"--structure {self.structure} choose from {', '.join(allowed)}"
+                )
         if self.steps < 2:
             raise InvalidValueError(
                 f"steps must be >= 2 (pre-training and fine-tuning), got {self.steps}"
