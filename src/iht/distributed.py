@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, SupportsIndex, cast
 
@@ -54,6 +54,7 @@ __all__ = [
     "replicas_agree",
     "sharded_iht_step_",
     "sharded_threshold_mask",
+    "sharded_threshold_masks",
 ]
 
 Method = Literal["auto", "candidates", "count"]
@@ -122,8 +123,11 @@ def _exchange_layout(
     *,
     require_finite: bool,
     s_name: str,
+    size_of: int | None = None,
 ) -> _Layout:
     """Share (offset, size, s, dtype, NaN/inf flags) of every rank; raise the same error on all.
+    With ``size_of`` (P, checked by the caller's own tiling of several segments per rank) the
+    one-shard tiling check is skipped.
 
     Raises:
         TypeError: ``local`` is not a floating tensor of one dtype on every rank; s or offset
@@ -180,7 +184,8 @@ def _exchange_layout(
             f"{s_name} must be the same on every rank, got {[r[2] for r in rows]}"
         )
     size = sum(numels)
-    _check_tiling(offsets, numels, size)
+    if size_of is None:
+        _check_tiling(offsets, numels, size)
     (s_value,) = s_codes
     if not 0 <= s_value <= size:
         raise InvalidValueError(f"{s_name} must be in 0..{size} (P = {size}), got {s_value}")
@@ -351,6 +356,14 @@ def _mask_by_candidates(
     its shard's top-min(s, n) by the same order. Shards are contiguous, so local index order is
     global index order and the library's local tie rule gives that order.
     """
+    index = torch.arange(local.numel(), device=local.device) + offset
+    return _candidates(local, index, s, group, layout)
+
+
+def _candidates(
+    local: Tensor, index: Tensor, s: int, group: dist.ProcessGroup | None, layout: _Layout
+) -> Tensor:
+    """:func:`_mask_by_candidates` for entries of global indices ``index`` (increasing)."""
     mag = local.abs()
     n = local.numel()
     k = min(s, n)
@@ -359,7 +372,7 @@ def _mask_by_candidates(
     if k > 0:
         chosen = torch.nonzero(top_s_mask(mag, k)).reshape(-1)
         packed[0, :k] = mag[chosen].to(torch.float64)
-        packed[1, :k] = (chosen + offset).to(torch.float64)
+        packed[1, :k] = index[chosen].to(torch.float64)
     gathered = [torch.empty_like(packed) for _ in range(layout.world)]
     dist.all_gather(gathered, packed, group=group)
     every = torch.cat(gathered, dim=1)
@@ -369,14 +382,8 @@ def _mask_by_candidates(
     need = s - n_above  # >= 1 tied entries to keep, the ones with the smallest indices
     tied = indices[values == t]
     cutoff = int(torch.kthvalue(tied, need).values)
-    return _keep(mag, mag.new_tensor(float(t)), cutoff - offset)
-
-
-def _keep(mag: Tensor, t: Tensor, last_local: int) -> Tensor:
-    """|x| > t, plus the entries equal to t up to local position ``last_local`` inclusive."""
-    at = mag == t
-    at[max(0, last_local + 1) :] = False
-    return (mag > t) | at
+    level = mag.new_tensor(float(t))
+    return (mag > level) | ((mag == level) & (index <= cutoff))
 
 
 def _mask_by_count(
@@ -387,6 +394,31 @@ def _mask_by_count(
     Invariant: c(lo) >= s > c(hi), with c(v) = global #{key >= v}, keys the float64 bit
     patterns of |x| (non-negative doubles sort as their bits do). So t = lo when hi = lo + 1.
     """
+
+    def tie_ranks(at: Tensor) -> Tensor:
+        # rank the ties of all shards in offset order: those of the ranks before come first
+        count = torch.tensor([int(at.sum())], dtype=torch.int64, device=local.device)
+        gathered = [torch.empty_like(count) for _ in range(layout.world)]
+        dist.all_gather(gathered, count, group=group)
+        before = sum(
+            int(g)
+            for g, o, m in zip(gathered, layout.offsets, layout.numels, strict=True)
+            if m > 0 and o < offset
+        )
+        return torch.cumsum(at.to(torch.int64), dim=0) + before
+
+    return _count(local, s, group, tie_ranks)
+
+
+def _count(
+    local: Tensor,
+    s: int,
+    group: dist.ProcessGroup | None,
+    tie_ranks: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """:func:`_mask_by_count` with the ranking of the tied entries across ranks given by
+    ``tie_ranks(at)``: for the local tie flags, each entry's 1-based rank among all tied
+    entries of the global vector in index order (a collective)."""
     device = local.device
     mag = local.abs().to(torch.float64)
     keys = mag.view(torch.int64)
@@ -430,13 +462,136 @@ def _mask_by_count(
     t = torch.tensor(lo, dtype=torch.int64, device=device)
     above = keys > t
     at = keys == t
-    n_at = torch.tensor([int(at.sum())], dtype=torch.int64, device=device)
-    gathered = [torch.empty_like(n_at) for _ in range(layout.world)]
-    dist.all_gather(gathered, n_at, group=group)
-    ties_before = sum(
-        int(g)
-        for g, o, m in zip(gathered, layout.offsets, layout.numels, strict=True)
-        if m > 0 and o < offset
-    )
-    rank_at = torch.cumsum(at.to(torch.int64), dim=0) + ties_before
+    rank_at = tie_ranks(at)
     return above | (at & (rank_at <= s - count_hi))
+
+
+# ------------------------------------------------------------- several slices per rank (FSDP2)
+
+
+def sharded_threshold_masks(
+    segments: Sequence[tuple[Tensor, int]],
+    s: int,
+    *,
+    group: dist.ProcessGroup | None = None,
+    method: Method = "auto",
+) -> list[Tensor]:
+    """The masks of H_s over the global flat vector when each rank holds *several* disjoint
+    contiguous slices of it: ``segments`` is this rank's list of (slice, global offset of its
+    first entry). This is FSDP2's layout: each parameter is sharded on dim 0, so a rank holds
+    one contiguous slice of every parameter's flat vector, and the slices of all ranks tile
+    0..P-1. Returns, for each segment (in the order given, shaped like it), exactly
+    ``threshold_mask(x, s)`` on its entries (ties to the smaller global index), without
+    gathering x: the same two algorithms as :func:`sharded_threshold_mask`, the ties ranked by
+    one ``all_gather`` of a count per segment. Collective.
+
+    Raises:
+        TypeError, ValueError: on every rank, when any rank's input is bad (the slices do not
+            tile 0..P-1, s out of range or not the same everywhere, NaN, mixed dtypes).
+    """
+    _check_method(method)
+    if not segments:
+        raise InvalidValueError("give at least one (slice, offset) segment per rank")
+    order = sorted(range(len(segments)), key=lambda i: int(segments[i][1]))
+    tensors = [segments[i][0].reshape(-1) for i in order]
+    offsets = [_int_or_bad(segments[i][1]) for i in order]
+    local = torch.cat(tensors)
+    device = local.device
+    spans = _exchange_segments(offsets, [t.numel() for t in tensors], device, group)
+    size = sum(n for _, n in spans)
+    layout = _exchange_layout(local, s, 0, group, require_finite=False, s_name="s", size_of=size)
+    if layout.s == 0 or layout.s == size:
+        full = layout.s == size
+        flat = torch.full((local.numel(),), full, dtype=torch.bool, device=device)
+    else:
+        index = torch.cat(
+            [
+                torch.arange(t.numel(), device=device) + o
+                for t, o in zip(tensors, offsets, strict=True)
+            ]
+        )
+        chosen = method
+        if chosen == "auto":
+            chosen = "candidates" if layout.world * layout.s <= CANDIDATE_LIMIT else "count"
+        if chosen == "candidates":
+            flat = _candidates(local, index, layout.s, group, layout)
+        else:
+            sizes = [t.numel() for t in tensors]
+
+            def tie_ranks(at: Tensor) -> Tensor:
+                return _segment_tie_ranks(at, sizes, offsets, spans, group)
+
+            flat = _count(local, layout.s, group, tie_ranks)
+    masks: list[Tensor] = [torch.empty(0)] * len(segments)
+    for i, part in zip(order, flat.split([t.numel() for t in tensors]), strict=True):
+        masks[i] = part.reshape(segments[i][0].shape)
+    return masks
+
+
+def _exchange_segments(
+    offsets: list[int], numels: list[int], device: torch.device, group: dist.ProcessGroup | None
+) -> list[tuple[int, int]]:
+    """Every rank's (offset, numel) segments, checked to tile 0..P-1 (the same error on every
+    rank otherwise)."""
+    world = dist.get_world_size(group)
+    count = torch.tensor([len(offsets)], dtype=torch.int64, device=device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count, group=group)
+    most = max(int(c) for c in counts)
+    mine = torch.full((most, 2), -1, dtype=torch.int64, device=device)
+    for j, (o, n) in enumerate(zip(offsets, numels, strict=True)):
+        mine[j, 0], mine[j, 1] = o, n
+    rows = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(rows, mine, group=group)
+    spans = []
+    for rank, (r, c) in enumerate(zip(rows, counts, strict=True)):
+        for o, n in cast(list[list[int]], r[: int(c)].tolist()):
+            if o == _BAD:
+                raise InvalidTypeError(
+                    f"segment offsets must be integers; rank {rank} gave another"
+                )
+            spans.append((o, n))
+    ordered = sorted((o, n) for o, n in spans if n > 0)
+    position = 0
+    for o, n in ordered:
+        if o != position:
+            raise InvalidValueError(
+                f"segments must tile 0..P-1 without gaps or overlaps: one starts at {o}, expected "
+                f"{position}"
+            )
+        position = o + n
+    return spans
+
+
+def _segment_tie_ranks(
+    at: Tensor,
+    sizes: list[int],
+    offsets: list[int],
+    spans: list[tuple[int, int]],
+    group: dist.ProcessGroup | None,
+) -> Tensor:
+    """Each local tied entry's 1-based rank among all tied entries of the global vector, in
+    global index order: one ``all_gather`` of the tie count of every segment."""
+    world = dist.get_world_size(group)
+    parts = at.split(sizes)
+    mine = torch.tensor([int(p.sum()) for p in parts], dtype=torch.int64, device=at.device)
+    most = max(len(spans), 1)
+    padded = torch.zeros(most, dtype=torch.int64, device=at.device)
+    padded[: len(sizes)] = mine
+    padded_offsets = torch.full((most,), -1, dtype=torch.int64, device=at.device)
+    padded_offsets[: len(sizes)] = torch.tensor(offsets, dtype=torch.int64, device=at.device)
+    ties = [torch.empty_like(padded) for _ in range(world)]
+    starts = [torch.empty_like(padded_offsets) for _ in range(world)]
+    dist.all_gather(ties, padded, group=group)
+    dist.all_gather(starts, padded_offsets, group=group)
+    every = [
+        (int(o), int(c))
+        for t, st in zip(ties, starts, strict=True)
+        for o, c in zip(st.tolist(), t.tolist(), strict=True)
+        if o >= 0
+    ]
+    ranks = []
+    for part, offset in zip(parts, offsets, strict=True):
+        before = sum(c for o, c in every if o < offset)
+        ranks.append(torch.cumsum(part.to(torch.int64), dim=0) + before)
+    return torch.cat(ranks)

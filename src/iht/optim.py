@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .errors import InvalidTypeError, InvalidValueError, NonFiniteError
+from .sharded import is_sharded, sharded_plan
 from .structured import Structure, parse_structure
 from .threshold import (
     check_sparsity,
@@ -248,6 +249,8 @@ def project_(pools: Sequence[StepPool], *, threshold_every: int = 1, kernel: str
 def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
     """Check one pool's update (read only) and return the function that writes it."""
     params, grads, lrs, budget, state = pool.params, pool.grads, pool.lrs, pool.sparsity, pool.state
+    if is_sharded(params):  # FSDP2's DTensors: select across ranks, never gather
+        return sharded_plan(pool, every, _reselects)
     size = sum(p.numel() for p in params)
     if (
         budget is None

@@ -43,6 +43,7 @@ from .optim import (
     project_,
 )
 from .schedules import Constant, Schedule
+from .sharded import local_part
 from .threshold import check_sparsity, refuse_repeated
 
 __all__ = ["STATE_POLICIES", "SparseOptimizer"]
@@ -232,8 +233,9 @@ class SparseOptimizer(Optimizer):
                     and value.shape == p.shape
                     and value.is_floating_point()
                 ):
-                    states.append((offset, value, p))
-            offset += p.numel()
+                    # sharded (DTensor) state: its local shard matches the local mask
+                    states.append((offset, local_part(value), local_part(p)))
+            offset += local_part(p).numel()
         if not states:
             return
         tensors = [value for _, value, _ in states]

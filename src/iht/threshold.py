@@ -341,11 +341,16 @@ def refuse_repeated(params: Iterable[Tensor]) -> None:
                 "list each parameter once"
             )
         seen.add(id(p))
-        if p.device.type == "meta" or p.layout != torch.strided or not p.is_contiguous():
+        local = p.to_local() if hasattr(p, "to_local") else p  # a DTensor: its shard's memory
+        if (
+            local.device.type == "meta"
+            or local.layout != torch.strided
+            or not local.is_contiguous()
+        ):
             continue  # (no memory to share, or no simple range of it)
-        start = int(p.storage_offset()) * p.element_size()
-        span = (start, start + p.numel() * p.element_size())
-        ranges = spans.setdefault(p.untyped_storage().data_ptr(), [])
+        start = int(local.storage_offset()) * local.element_size()
+        span = (start, start + local.numel() * local.element_size())
+        ranges = spans.setdefault(local.untyped_storage().data_ptr(), [])
         if any(a < span[1] and span[0] < b for a, b in ranges):
             raise InvalidValueError(
                 f"a parameter of shape {tuple(p.shape)} (at position {i}) shares memory with "
