@@ -17,7 +17,7 @@ epsilon-optimality (eq. 3): f(theta_s) <= f(theta_dense) + epsilon.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .budget import Budget
 from .errors import InvalidValueError
 from .evaluation import evaluating
+from .sharded import is_sharded, local_part, shard_segments
 from .structured import Structure, parse_structure
 from .threshold import boundary_tie, check_sparsity, flatten, top_s_mask
 
@@ -375,6 +376,18 @@ def certify(
     """
     check_lr_positive(lr)
     params = [p for p in model.parameters() if p.requires_grad]
+    if is_sharded(params):  # FSDP2: figures by reductions over the shards, nothing gathered
+        cert = _certify_sharded(model, params, loss_fn, lr, sparsity, grad_tol, dense_loss)
+        reasons = degeneracy(model, inputs, loss=cert.loss, constant_loss=constant_loss)
+        return replace(
+            cert,
+            epsilon_optimal=None
+            if cert.epsilon is None or epsilon_tol is None
+            else cert.epsilon <= epsilon_tol,
+            tensor_nonzeros=tensor_nonzeros(model),
+            degenerate=reasons,
+            stable=cert.stable and not reasons,
+        )
     with evaluating(model):
         loss = loss_fn(model)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -401,6 +414,112 @@ def certify(
     )
 
 
+def _certify_sharded(
+    model: nn.Module,
+    params: Sequence[Tensor],
+    loss_fn: Callable[[nn.Module], Tensor],
+    lr: float,
+    sparsity: int | None,
+    grad_tol: float,
+    dense_loss: float | None,
+) -> Certificate:
+    """:func:`certify_point`'s figures for DTensor (FSDP2) parameters: each is a reduction
+    (SUM, MAX, MIN) of per-shard figures, and H_s of the candidate is the sharded selection
+    (:func:`iht.distributed.sharded_threshold_masks`); no rank holds the whole vector. The
+    gradient comes from ``loss.backward()`` (FSDP2 reduce-scatters it into the shards); the
+    parameters' ``.grad`` are restored afterwards."""
+    import torch.distributed as dist
+
+    from .distributed import sharded_threshold_masks
+
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        with evaluating(model):
+            loss = loss_fn(model)
+            loss.backward()
+        grads = [
+            torch.zeros_like(local_part(p)) if p.grad is None else local_part(p.grad).clone()
+            for p in params
+        ]
+    finally:
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+    offsets, group = shard_segments(params)
+    thetas = [local_part(p).detach().reshape(-1) for p in params]
+    theta = torch.cat(thetas)
+    grad = torch.cat([g.reshape(-1) for g in grads])
+    total = sum(p.numel() for p in params)
+    s = total if sparsity is None else check_sparsity(sparsity, total)
+    support = theta != 0
+    mag = grad.abs()
+    zero = torch.zeros((), dtype=theta.dtype, device=theta.device)
+    inf = torch.full((), math.inf, dtype=theta.dtype, device=theta.device)
+
+    def reduce(value: Tensor, op: Any) -> float:
+        value = value.reshape(1).to(torch.float64)
+        dist.all_reduce(value, op=op, group=group)
+        return float(value[0])
+
+    max_op, min_op, sum_op = dist.ReduceOp.MAX, dist.ReduceOp.MIN, dist.ReduceOp.SUM
+    nonzeros = int(reduce(support.sum(), sum_op))
+    on = reduce(torch.where(support, mag, zero).amax() if mag.numel() else zero, max_op)
+    off = reduce(torch.where(support, zero, mag).amax() if mag.numel() else zero, max_op)
+    smallest = reduce(
+        torch.where(support, theta.abs(), inf).amin() if theta.numel() else inf, min_op
+    )
+    all_grad = reduce(mag.amax() if mag.numel() else zero, max_op)
+    candidate = theta - lr * grad
+    sizes = [t.numel() for t in thetas]
+
+    def kept(budget: int) -> Tensor:
+        parts = candidate.split(sizes)
+        masks = sharded_threshold_masks(
+            [(c, o) for c, o in zip(parts, offsets, strict=True)], budget, group=group
+        )
+        return torch.cat([m.reshape(-1) for m in masks])
+
+    keep = kept(s)
+    stepped = torch.where(keep, candidate, zero)
+    residual = math.sqrt(reduce(((theta - stepped) ** 2).sum(), sum_op))
+    tie = False
+    if 0 < s < total:
+        more = kept(s + 1) & ~keep  # the (s+1)-th entry
+        level = reduce(
+            torch.where(keep, candidate.abs(), inf).amin() if candidate.numel() else inf, min_op
+        )
+        next_level = reduce(
+            torch.where(more, candidate.abs(), zero).amax() if candidate.numel() else zero,
+            max_op,
+        )
+        tie = level == next_level and next_level > 0
+    ratio = math.inf if nonzeros == 0 else lr * off / smallest
+    if nonzeros >= s:
+        stable = (not tie) and (ratio < 1 or nonzeros == 0) and on <= grad_tol
+    else:
+        stable = all_grad <= grad_tol
+    stable = stable and nonzeros <= s
+    loss_value = float(loss.detach())
+    epsilon = None if dense_loss is None else loss_value - float(dense_loss)
+    return Certificate(
+        sparsity=s,
+        lr=float(lr),
+        nonzeros=nonzeros,
+        max_grad_on_support=on,
+        max_grad_off_support=off,
+        off_support_ratio=ratio,
+        residual=residual,
+        tie=tie,
+        stable=bool(stable),
+        grad_tol=grad_tol,
+        loss=loss_value,
+        dense_loss=None if dense_loss is None else float(dense_loss),
+        epsilon=epsilon,
+        epsilon_optimal=None,
+    )
+
+
 def check_lr_positive(lr: object) -> None:
     """Refuse a step that is not a positive finite number (the map has no fixed point then)."""
     value = float(lr) if isinstance(lr, int | float | Tensor) and not isinstance(lr, bool) else None
@@ -424,7 +543,18 @@ def constant_output_loss(labels: Tensor, n_classes: int | None = None) -> float:
 
 def tensor_nonzeros(model: nn.Module) -> dict[str, int]:
     """Nonzeros of every trainable parameter, by name."""
-    return {n: int(p.count_nonzero()) for n, p in model.named_parameters() if p.requires_grad}
+    return {n: _count_nonzero(p) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _count_nonzero(p: Tensor) -> int:
+    """Nonzeros of a tensor; of a DTensor, its shards' counts summed over its mesh."""
+    if not is_sharded([p]):
+        return int(p.count_nonzero())
+    import torch.distributed as dist
+
+    count = local_part(p).count_nonzero().reshape(1).to(torch.int64)
+    dist.all_reduce(count, group=shard_segments([p])[1])
+    return int(count[0])
 
 
 def degeneracy(
@@ -457,7 +587,7 @@ def degeneracy(
         for i, layer in enumerate(model):
             weight = getattr(layer, "weight", None)
             weighted = isinstance(layer, nn.Linear | nn.modules.conv._ConvNd)
-            if weighted and isinstance(weight, Tensor) and int(weight.count_nonzero()) == 0:
+            if weighted and isinstance(weight, Tensor) and _count_nonzero(weight) == 0:
                 reasons.append(
                     f"layer {i} ({type(layer).__name__}) has no nonzero weight: it cuts every "
                     "path from the input to the output"

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from .errors import EstimateError, InvalidValueError
 from .evaluation import evaluating
 from .init import reset_parameters_
+from .sharded import is_sharded
 from .threshold import check_sparsity, flatten, top_s_mask, unflatten_
 
 if TYPE_CHECKING:
@@ -277,6 +278,12 @@ def estimate_l2s(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise InvalidValueError(f"{type(model).__name__} has no trainable parameters")
+    if is_sharded(params):
+        raise InvalidValueError(
+            "estimate_l2s does not take sharded (DTensor) parameters yet: every draw is a whole "
+            "parameter vector. Estimate on an unsharded copy of the model (same layers, one "
+            "process) and pass its lr"
+        )
     saved = [p.detach().clone() for p in params]
     # reset_parameters() also re-draws frozen parameters and resets buffers (BatchNorm
     # statistics), and loss_fn may update buffers; none of them is part of theta, so they are
