@@ -344,22 +344,37 @@ def _plan_torch(pool: StepPool, every: int) -> Callable[[], None]:
 def _check_finite(
     params: Sequence[Tensor], grads: Sequence[Tensor | None], lrs: Sequence[float]
 ) -> None:
-    """Raise NonFiniteError, naming the cause, if theta - lr * grad is not finite."""
+    """Raise NonFiniteError, naming the cause, if theta - lr * grad is not finite.
+
+    One device sync for the whole pool (the max-norms of every tensor read back together);
+    none on the ``meta`` device, which holds no values to check.
+    """
+    if not params or params[0].device.type == "meta":
+        return
     # The bound |theta - lr g| <= max|theta| + lr max|g| avoids a copy unless near overflow.
-    for p, grad, lr in zip(params, grads, lrs, strict=True):
+    norms = []
+    for p, grad in zip(params, grads, strict=True):
+        norms.append(torch.linalg.vector_norm(p.detach(), ord=math.inf).double())
+        norms.append(
+            torch.zeros((), dtype=torch.float64, device=p.device)
+            if grad is None
+            else torch.linalg.vector_norm(grad, ord=math.inf).double()
+        )
+    values = cast(list[float], torch.stack(norms).tolist())
+    for i, (p, grad, lr) in enumerate(zip(params, grads, lrs, strict=True)):
+        p_max, g_max = values[2 * i], values[2 * i + 1]
         if grad is None:
-            if not bool(torch.isfinite(p).all()):
+            if not math.isfinite(p_max):
                 raise NonFiniteError(
                     f"a parameter of shape {tuple(p.shape)} is not finite; nothing was changed"
                 )
             continue
-        g_max = float(torch.linalg.vector_norm(grad, ord=math.inf))
         if not math.isfinite(g_max):
             raise NonFiniteError(
                 f"non-finite gradient in a parameter of shape {tuple(p.shape)}; "
                 "parameters left unchanged"
             )
-        bound = float(torch.linalg.vector_norm(p.detach(), ord=math.inf)) + lr * g_max
+        bound = p_max + lr * g_max
         if bound > torch.finfo(p.dtype).max and not bool(torch.isfinite(p - lr * grad).all()):
             raise NonFiniteError(
                 f"the update overflows (lr = {lr}, max |grad| = {g_max:.3g}); "

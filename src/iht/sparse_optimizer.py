@@ -303,7 +303,7 @@ def _check_gradients(params: Iterable[Tensor], kernel: str) -> None:
                 "projection needs dense gradients (build nn.Embedding with sparse=False)"
             )
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    if not grads or grads[0].device.type == "meta":  # (meta tensors hold no values)
         return
     large = kernel != "torch" and sum(g.numel() for g in grads) >= COMPILED_MIN_SIZE
     if large and _compiled_applies(grads):
