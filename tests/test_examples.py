@@ -48,3 +48,16 @@ def test_the_deep_cnn_example_ends_on_its_budget() -> None:
     assert done.returncode == 0, done.stderr
     assert "nonzeros per tensor {'weights': 513, 'dense': 85}" in done.stdout
     assert "certificate at lr 1e-2: stable=" in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on the PATH")
+def test_the_fsdp2_example_keeps_its_budget_on_two_cpu_processes() -> None:
+    done = subprocess.run(
+        ["torchrun", "--nproc_per_node", "2", str(EXAMPLES / "fsdp_mlp.py"), "--steps", "30"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Linear weights kept 1702 (budget 1702)" in done.stdout
+    assert "certificate at lr 1e-2: stable=" in done.stdout

@@ -90,6 +90,16 @@ def _certificate(model: nn.Module, kind: str, X: Tensor, y: Tensor) -> Any:
     )
 
 
+def _pool_certificate(model: nn.Module, X: Tensor, y: Tensor) -> dict[str, Any]:
+    """certify_budget with a per-layer budget, biases dense (several pools)."""
+    from iht.certify import certify_budget
+
+    budget = iht.plan_budget(model, BUDGET // 2, per_layer=True, exclude_biases=True)
+    return certify_budget(
+        model, lambda m: nn.functional.cross_entropy(m(X), y), lr=0.5, budget=budget
+    )
+
+
 def _steps(
     model: nn.Module, opt: torch.optim.Optimizer, X: Tensor, y: Tensor, n: int, record: Any = None
 ) -> None:
@@ -158,6 +168,7 @@ def _worker(rank: int, tmp: str) -> None:
                 "nonzeros": nonzeros,
                 "gathers": gathers,
                 "certificate": dataclasses.asdict(_certificate(model, kind, X, y)),
+                "pools": _pool_certificate(model, X, y),
             }
             try:
                 iht.estimate_l2s(model, lambda m, X=X: m(X).sum(), sparsity=BUDGET)
@@ -267,6 +278,29 @@ def test_the_certificate_of_a_sharded_model_is_the_one_process_certificate(
             assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
         else:
             assert got[key] == value, key
+
+
+def test_a_per_layer_certificate_of_a_sharded_model_is_the_one_process_one(
+    fsdp: dict[Any, Any],
+) -> None:
+    model = _mlp()
+    X, y = _data("mlp")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _steps(model, _optimizer("iht", model), X, y, STEPS)
+        expected = _pool_certificate(model, X, y)
+    finally:
+        torch.set_num_threads(threads)
+    got = fsdp["mlp", "iht"]["pools"]
+    assert len(got["pools"]) == len(expected["pools"]) == 3  # two layers and the biases
+    for mine, theirs in zip(got["pools"], expected["pools"], strict=True):
+        for key, value in theirs.items():
+            if key == "residual":
+                assert mine[key] == pytest.approx(value, rel=1e-12, abs=1e-15)
+            else:
+                assert mine[key] == value, (mine["name"], key)
+    assert got["stable"] == expected["stable"] and got["nonzeros"] == expected["nonzeros"]
 
 
 def test_the_l2s_estimate_refuses_sharded_parameters_clearly(fsdp: dict[Any, Any]) -> None:

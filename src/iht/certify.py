@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -414,24 +414,12 @@ def certify(
     )
 
 
-def _certify_sharded(
-    model: nn.Module,
-    params: Sequence[Tensor],
-    loss_fn: Callable[[nn.Module], Tensor],
-    lr: float,
-    sparsity: int | None,
-    grad_tol: float,
-    dense_loss: float | None,
-) -> Certificate:
-    """:func:`certify_point`'s figures for DTensor (FSDP2) parameters: each is a reduction
-    (SUM, MAX, MIN) of per-shard figures, and H_s of the candidate is the sharded selection
-    (:func:`iht.distributed.sharded_threshold_masks`); no rank holds the whole vector. The
-    gradient comes from ``loss.backward()`` (FSDP2 reduce-scatters it into the shards); the
-    parameters' ``.grad`` are restored afterwards."""
-    import torch.distributed as dist
-
-    from .distributed import sharded_threshold_masks
-
+def _sharded_grads(
+    model: nn.Module, params: Sequence[Tensor], loss_fn: Callable[[nn.Module], Tensor]
+) -> tuple[float, list[Tensor]]:
+    """f and the local shards of grad f for DTensor (FSDP2) parameters, from
+    ``loss.backward()`` (FSDP2 reduce-scatters the gradient into the shards; autograd.grad
+    would bypass it); the parameters' ``.grad`` are restored afterwards."""
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
@@ -446,12 +434,25 @@ def _certify_sharded(
     finally:
         for p, g in zip(params, saved, strict=True):
             p.grad = g
+    return float(loss.detach()), grads
+
+
+def _sharded_figures(
+    params: Sequence[Tensor], grads: Sequence[Tensor], lr: float, s: int, grad_tol: float
+) -> dict[str, Any]:
+    """:func:`stability_figures` of one pool of DTensor parameters (``grads``: their local
+    shards): every figure a reduction (SUM, MAX, MIN) of per-shard figures, H_s of the
+    candidate the sharded selection (:func:`iht.distributed.sharded_threshold_masks`); no
+    rank holds the whole vector."""
+    import torch.distributed as dist
+
+    from .distributed import sharded_threshold_masks
+
     offsets, group = shard_segments(params)
     thetas = [local_part(p).detach().reshape(-1) for p in params]
     theta = torch.cat(thetas)
     grad = torch.cat([g.reshape(-1) for g in grads])
     total = sum(p.numel() for p in params)
-    s = total if sparsity is None else check_sparsity(sparsity, total)
     support = theta != 0
     mag = grad.abs()
     zero = torch.zeros((), dtype=theta.dtype, device=theta.device)
@@ -462,14 +463,18 @@ def _certify_sharded(
         dist.all_reduce(value, op=op, group=group)
         return float(value[0])
 
+    def largest(x: Tensor) -> Tensor:
+        return x.amax() if x.numel() else zero
+
+    def smallest_of(x: Tensor) -> Tensor:
+        return x.amin() if x.numel() else inf
+
     max_op, min_op, sum_op = dist.ReduceOp.MAX, dist.ReduceOp.MIN, dist.ReduceOp.SUM
     nonzeros = int(reduce(support.sum(), sum_op))
-    on = reduce(torch.where(support, mag, zero).amax() if mag.numel() else zero, max_op)
-    off = reduce(torch.where(support, zero, mag).amax() if mag.numel() else zero, max_op)
-    smallest = reduce(
-        torch.where(support, theta.abs(), inf).amin() if theta.numel() else inf, min_op
-    )
-    all_grad = reduce(mag.amax() if mag.numel() else zero, max_op)
+    on = reduce(largest(torch.where(support, mag, zero)), max_op)
+    off = reduce(largest(torch.where(support, zero, mag)), max_op)
+    smallest = reduce(smallest_of(torch.where(support, theta.abs(), inf)), min_op)
+    all_grad = reduce(largest(mag), max_op)
     candidate = theta - lr * grad
     sizes = [t.numel() for t in thetas]
 
@@ -486,34 +491,46 @@ def _certify_sharded(
     tie = False
     if 0 < s < total:
         more = kept(s + 1) & ~keep  # the (s+1)-th entry
-        level = reduce(
-            torch.where(keep, candidate.abs(), inf).amin() if candidate.numel() else inf, min_op
-        )
-        next_level = reduce(
-            torch.where(more, candidate.abs(), zero).amax() if candidate.numel() else zero,
-            max_op,
-        )
+        level = reduce(smallest_of(torch.where(keep, candidate.abs(), inf)), min_op)
+        next_level = reduce(largest(torch.where(more, candidate.abs(), zero)), max_op)
         tie = level == next_level and next_level > 0
     ratio = math.inf if nonzeros == 0 else lr * off / smallest
     if nonzeros >= s:
         stable = (not tie) and (ratio < 1 or nonzeros == 0) and on <= grad_tol
     else:
         stable = all_grad <= grad_tol
-    stable = stable and nonzeros <= s
-    loss_value = float(loss.detach())
-    epsilon = None if dense_loss is None else loss_value - float(dense_loss)
+    return {
+        "sparsity": s,
+        "lr": float(lr),
+        "nonzeros": nonzeros,
+        "max_grad_on_support": on,
+        "max_grad_off_support": off,
+        "off_support_ratio": ratio,
+        "residual": residual,
+        "tie": tie,
+        "stable": bool(stable and nonzeros <= s),
+        "grad_tol": grad_tol,
+    }
+
+
+def _certify_sharded(
+    model: nn.Module,
+    params: Sequence[Tensor],
+    loss_fn: Callable[[nn.Module], Tensor],
+    lr: float,
+    sparsity: int | None,
+    grad_tol: float,
+    dense_loss: float | None,
+) -> Certificate:
+    """:func:`certify_point` for DTensor (FSDP2) parameters (see :func:`_sharded_figures`)."""
+    loss, grads = _sharded_grads(model, params, loss_fn)
+    total = sum(p.numel() for p in params)
+    s = total if sparsity is None else check_sparsity(sparsity, total)
+    figures = _sharded_figures(params, grads, lr, s, grad_tol)
+    epsilon = None if dense_loss is None else loss - float(dense_loss)
     return Certificate(
-        sparsity=s,
-        lr=float(lr),
-        nonzeros=nonzeros,
-        max_grad_on_support=on,
-        max_grad_off_support=off,
-        off_support_ratio=ratio,
-        residual=residual,
-        tie=tie,
-        stable=bool(stable),
-        grad_tol=grad_tol,
-        loss=loss_value,
+        **figures,
+        loss=loss,
         dense_loss=None if dense_loss is None else float(dense_loss),
         epsilon=epsilon,
         epsilon_optimal=None,
@@ -642,23 +659,46 @@ def certify_budget(
     check_lr_positive(lr)
     named = dict(model.named_parameters())
     params = [named[n] for pool in budget.pools for n in pool.params]
-    with evaluating(model):
-        loss = loss_fn(model)
-        grads = dict(
-            zip(
-                (n for pool in budget.pools for n in pool.params),
-                torch.autograd.grad(loss, params, allow_unused=True),
-                strict=True,
+    names = [n for pool in budget.pools for n in pool.params]
+    sharded = is_sharded(params)
+    if sharded:
+        loss_value, local_grads = _sharded_grads(model, params, loss_fn)
+        grads: dict[str, Tensor | None] = dict(zip(names, local_grads, strict=True))
+    else:
+        with evaluating(model):
+            loss = loss_fn(model)
+            grads = dict(
+                zip(names, torch.autograd.grad(loss, params, allow_unused=True), strict=True)
             )
-        )
-    loss_value = float(loss.detach())
+        loss_value = float(loss.detach())
+
+    def grad_of(name: str) -> Tensor:
+        g = grads[name]
+        return torch.zeros_like(named[name]) if g is None else g
+
     pools = []
     for pool in budget.pools:
+        if sharded:
+            if pool.structure != "entry" or pool.min_per_tensor:
+                raise InvalidValueError(
+                    "certificates of structured or per-tensor-minimum budgets on sharded "
+                    "(DTensor) parameters are not available yet"
+                )
+            tensors = [named[n] for n in pool.params]
+            figures_d = _sharded_figures(
+                tensors,
+                [cast(Tensor, grads[n]) for n in pool.params],
+                lr,
+                pool.sparsity,
+                grad_tol,
+            )
+            pools.append({"name": pool.name, "dense": pool.dense, **figures_d})
+            continue
         structure = None if pool.dense else parse_structure(pool.structure)
         if structure is not None:
             figures_s = structured_figures(
                 [named[n] for n in pool.params],
-                [torch.zeros_like(named[n]) if grads[n] is None else grads[n] for n in pool.params],
+                [grad_of(n) for n in pool.params],
                 lr=lr,
                 structure=structure,
                 sparsity=pool.sparsity,
@@ -677,9 +717,7 @@ def certify_budget(
             )
             continue
         theta = flatten(named[n].detach() for n in pool.params)
-        grad = flatten(
-            torch.zeros_like(named[n]) if grads[n] is None else grads[n] for n in pool.params
-        )
+        grad = flatten(grad_of(n) for n in pool.params)
         figures = asdict(
             certify_point(theta, grad, lr=lr, sparsity=pool.sparsity, grad_tol=grad_tol)
         )
