@@ -260,3 +260,15 @@ def best_nm(values: Sequence[float], n: int, m: int) -> list[list[tuple[int, ...
                 argbest.append(chosen)
         out.append(argbest)
     return out
+
+
+def best_group_entries(rows: Sequence[Sequence[float]], groups: int, s: int) -> float:
+    """By brute force: the largest kept sum of squares over every set of at most s entries
+    lying in at most ``groups`` rows."""
+    cells = [(r, c) for r, row in enumerate(rows) for c in range(len(row))]
+    best = 0.0
+    for k in range(1, min(s, len(cells)) + 1):
+        for chosen in itertools.combinations(cells, k):
+            if len({r for r, _ in chosen}) <= groups:
+                best = max(best, sum(rows[r][c] ** 2 for r, c in chosen))
+    return best

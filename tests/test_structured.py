@@ -208,6 +208,7 @@ def test_structured_budgets_refuse_what_they_cannot_do(group: dict, match: str) 
 
 # --- structured budgets of a model, and their certificates -------------------------------
 
+import iht  # noqa: E402
 from iht import plan_budget  # noqa: E402
 from iht.budget import plan_structured_budget  # noqa: E402
 from iht.certify import certify_budget, structured_figures  # noqa: E402
@@ -371,3 +372,78 @@ def test_the_l2s_estimate_draws_supports_of_the_budgets_shape() -> None:
                     assert bool(((w0.reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
     with pytest.raises(InvalidValueError, match="sparsity or budget, not both"):
         lipschitz.estimate_l2s(model, lambda m: m(X).sum(), sparsity=5, budget=budget)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_the_group_and_entry_projection_is_the_closest_point_of_the_set(
+    data: st.DataObject,
+) -> None:
+    from reference import best_group_entries
+
+    from iht.structured import group_entry_mask
+
+    rows = data.draw(st.integers(1, 4))
+    width = data.draw(st.integers(1, 3))
+    values = data.draw(
+        st.lists(st.lists(VALUES, min_size=width, max_size=width), min_size=rows, max_size=rows)
+    )
+    groups = data.draw(st.integers(0, rows))
+    s = data.draw(st.integers(0, rows * width))
+    x = torch.tensor(values, dtype=torch.float64)
+    mask = group_entry_mask(x, groups, s)
+    assert int(mask.sum()) <= s and int(mask.any(dim=1).sum()) <= groups
+    kept = float(x[mask].pow(2).sum())
+    assert kept == pytest.approx(best_group_entries(values, groups, s))  # no closer point
+    projected = torch.where(mask, x, torch.zeros_like(x))
+    again = group_entry_mask(projected, groups, s)
+    assert torch.equal(torch.where(again, projected, 0.0), projected)  # idempotent
+
+
+def test_the_best_rows_are_not_the_rows_of_largest_norm() -> None:
+    """Why a sort is not enough: with 1 entry, the row holding the single largest entry wins
+    over the row of largest norm."""
+    from iht.structured import group_entry_mask
+
+    x = torch.tensor([[2.0, 2.0, 2.0], [3.0, 0.0, 0.0]])
+    assert group_entry_mask(x, 1, 1).tolist() == [[False] * 3, [True, False, False]]
+    assert group_entry_mask(x, 1, 3).tolist() == [[True] * 3, [False] * 3]
+    with pytest.raises(InvalidValueError, match="takes a matrix"):
+        group_entry_mask(torch.zeros(3), 1, 1)
+
+
+def test_iht_with_rows_and_entries_keeps_both_budgets_and_is_certified_with_them() -> None:
+    """A param group with a neuron budget (rows) and an entry budget inside the kept rows."""
+    from iht.certify import structured_figures
+    from iht.structured import parse_structure
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 10), torch.nn.ReLU(), torch.nn.Linear(10, 3)
+    ).double()
+    groups = [
+        {"params": [model[0].weight], "structure": "neuron", "sparsity": 4, "entries": 12},
+        {"params": [model[0].bias, model[2].weight, model[2].bias], "sparsity": None},
+    ]
+    opt = iht.IHT(groups, lr=0.2)
+    X, y = torch.randn(40, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
+    for _ in range(30):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+        w = model[0].weight.detach()
+        assert int((w != 0).any(dim=1).sum()) <= 4 and int((w != 0).sum()) <= 12
+    structure = parse_structure("neuron", entries=12)
+    assert structure is not None
+    w = model[0].weight
+    # at a point the map moves, the certificate says so; at its own projection with zero
+    # gradient on the support it is a fixed point
+    g = torch.autograd.grad(torch.nn.functional.cross_entropy(model(X), y), w)[0]
+    moving = structured_figures([w], [g], lr=0.2, structure=structure, sparsity=4, grad_tol=1e-12)
+    assert moving["stable"] is False
+    still = structured_figures(
+        [w], [torch.zeros_like(w)], lr=0.2, structure=structure, sparsity=4, grad_tol=0.0
+    )
+    assert still["stable"] is True and still["residual"] == 0.0
+    with pytest.raises(InvalidValueError, match="needs a group structure"):
+        parse_structure("2:4", entries=3)

@@ -216,7 +216,19 @@ def _group_figures(
         top = torch.topk(norms, s + 1, sorted=True).values
         tie = bool(top[s - 1] == top[s]) and bool(top[s] > 0)
     residual = _structured_residual(tensors, grads, lr, structure, s)
-    if n_kept >= s:
+    if structure.entries:
+        # rows and entries: the map keeps theta's support exactly (no sort-based ratio here;
+        # the projection is the dynamic program, and equal-value optima are not flagged)
+        candidates = [t.detach() - lr * g for t, g in zip(tensors, grads, strict=True)]
+        chosen = structure.mask(candidates, s)
+        support = torch.cat([t.detach().reshape(-1) != 0 for t in tensors])
+        full = n_kept >= s or int(support.sum()) >= structure.entries
+        if full:
+            stable = on <= grad_tol and bool(torch.equal(chosen, support))
+        else:
+            stable = float(mag.max()) <= grad_tol
+        tie = False
+    elif n_kept >= s:
         stable = (not tie) and (ratio < 1 or n_kept == 0) and on <= grad_tol
     else:
         stable = float(mag.max()) <= grad_tol

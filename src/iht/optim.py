@@ -428,7 +428,7 @@ def param_pools(
         params = [p for p in group["params"] if _in_pool(p)]
         lrs = [float(group.get("lr", 0.0))] * len(params)
         minimum = [int(group.get("min_nonzeros") or 0)] * len(params)
-        structure = parse_structure(group.get("structure"))
+        structure = parse_structure(group.get("structure"), entries=group.get("entries"))
         if structure is not None:
             structure.check(params)
             if structure.kind == "nm":  # the pattern is the budget
@@ -573,7 +573,9 @@ class IHT(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; a group with its own ``"sparsity"`` gets a budget of its own."""
         param_group = dict(param_group)
-        structure = parse_structure(param_group.get("structure"))  # refused here if unknown
+        structure = parse_structure(  # refused here if unknown
+            param_group.get("structure"), entries=param_group.get("entries")
+        )
         own = param_group.get("sparsity") is not None or structure is not None
         param_group["pool"] = param_group.get("pool", _OWN if own else _GLOBAL)
         param_group.setdefault("sparsity", None)

@@ -11,6 +11,13 @@ applying it keeps x there and zeroes the rest. All are exact because the sets ar
 - **N:M** (GPU sparse tensor cores: 2:4, 4:8): in every block of M consecutive entries along
   the last dimension at most N nonzeros. Blocks are independent, so the best point keeps the
   N largest magnitudes of each block (ties: the smaller index).
+- **Groups and entries** (:func:`group_entry_mask`): at most g nonzero rows *and* at most s
+  nonzero entries, all inside the kept rows. Not separable: the best rows are not those of
+  largest norm (a row with one large entry can beat a row of many small ones when s is
+  small). Keeping k entries of row r saves P_r(k), the sum of its k largest squares, a
+  concave function of k; the best point maximises sum_r P_r(k_r) over sum k_r <= s and at
+  most g rows with k_r > 0, which a dynamic program over the rows solves exactly in
+  O(rows x g x s x width) (vectorised over g and s).
 
 Like :func:`iht.threshold.threshold_mask`, each raises on NaN (its order is undefined) and on
 budgets outside their range.
@@ -18,6 +25,7 @@ budgets outside their range.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +38,7 @@ from .threshold import check_sparsity, threshold_mask
 __all__ = [
     "STRUCTURES",
     "Structure",
+    "group_entry_mask",
     "group_hard_threshold",
     "group_mask",
     "group_norms",
@@ -92,6 +101,56 @@ def group_mask(
     return masks
 
 
+def group_entry_mask(x: Tensor, groups: int, s: int) -> Tensor:
+    """The mask of the closest point to the matrix ``x`` (rows = groups) with at most
+    ``groups`` nonzero rows and at most ``s`` nonzero entries (see the module docstring).
+
+    Exact, by dynamic programming over the rows; among optimal points it keeps the earlier
+    rows' choice unless a later row does strictly better, and inside a row the largest
+    magnitudes, ties to the smaller index. Meant for layers of moderate size (its cost is
+    rows x groups x s x row width elementary operations per call).
+
+    Raises:
+        InvalidValueError: ``x`` not 2-D, budgets outside their ranges, NaN.
+    """
+    if x.dim() != 2:
+        raise InvalidValueError(f"group_entry_mask takes a matrix (rows = groups), got {x.dim()}-D")
+    n_rows, width = x.shape
+    groups = check_sparsity(groups, n_rows, name="group budget")
+    s = check_sparsity(s, n_rows * width, name="entry budget")
+    if torch.isnan(x).any():
+        raise InvalidValueError("group thresholding got NaN entries; their order is undefined")
+    squares = x.detach().double().pow(2)
+    order = torch.sort(squares, dim=1, descending=True, stable=True)  # ties: smaller index first
+    prefix = torch.cat(
+        [torch.zeros(n_rows, 1, dtype=torch.float64, device=x.device), order.values.cumsum(1)], 1
+    )  # prefix[r, k]: the best k entries of row r
+    top = min(s, width)
+    neg = torch.tensor(-math.inf, dtype=torch.float64, device=x.device)
+    best = torch.full((groups + 1, s + 1), -math.inf, dtype=torch.float64, device=x.device)
+    best[0, 0] = 0.0
+    choices = torch.zeros((n_rows, groups + 1, s + 1), dtype=torch.int64, device=x.device)
+    for r in range(n_rows):
+        new = best.clone()  # k = 0: the row is dropped
+        pick = torch.zeros((groups + 1, s + 1), dtype=torch.int64, device=x.device)
+        for k in range(1, top + 1):
+            shifted = torch.full_like(best, -math.inf)
+            shifted[1:, k:] = best[:-1, : s + 1 - k] + prefix[r, k]
+            better = shifted > new  # strictly: an equal later choice does not replace
+            new = torch.where(better, shifted, new)
+            pick = torch.where(better, torch.full_like(pick, k), pick)
+        best, choices[r] = new, pick
+    flat = int(torch.argmax(torch.where(torch.isfinite(best), best, neg)))
+    g, e = divmod(flat, s + 1)
+    mask = torch.zeros(n_rows, width, dtype=torch.bool, device=x.device)
+    for r in range(n_rows - 1, -1, -1):
+        k = int(choices[r, g, e])
+        if k:
+            mask[r, order.indices[r, :k]] = True
+            g, e = g - 1, e - k
+    return mask
+
+
 def group_hard_threshold(x: Tensor, s: int) -> Tensor:
     r""":math:`H_s^{\mathrm{grp}}(x)` for one tensor: keep the s rows (dim 0) of largest norm."""
     (mask,) = group_mask([x], s)
@@ -149,6 +208,7 @@ class Structure:
     n: int = 0
     m: int = 0
     bias: bool = False
+    entries: int = 0  # > 0: also at most this many nonzero entries, inside the kept rows
 
     def rows(self, params: Sequence[Tensor]) -> Tensor:
         """A (weight, bias) pool as one matrix: the weight's rows with the bias as a last
@@ -171,6 +231,13 @@ class Structure:
     def mask(self, params: Sequence[Tensor], budget: int) -> Tensor:
         """The flat mask (pool order) of the best point of this shape: ``budget`` rows for
         groups; the N:M pattern over each tensor's rows (dim 0 by the rest) for N:M."""
+        if self.entries:
+            matrix = self.rows(params) if self.bias else _one_matrix(params)
+            chosen = group_entry_mask(matrix, budget, min(self.entries, matrix.numel()))
+            if self.bias:
+                width = params[0][0].numel()
+                return torch.cat([chosen[:, :width].reshape(-1), chosen[:, width]])
+            return chosen.reshape(-1)
         if self.bias:
             kept = group_mask([self.rows(params)], budget)[0][:, :1]
             width = params[0][0].numel()
@@ -209,19 +276,41 @@ class Structure:
                 )
 
 
-def parse_structure(value: object) -> Structure | None:
+def _one_matrix(params: Sequence[Tensor]) -> Tensor:
+    """The rows of a one-tensor pool as a matrix (rows = groups)."""
+    if len(params) != 1 or params[0].dim() < 2:
+        raise InvalidValueError(
+            "a group budget with an entry budget inside takes one weight (or one weight and "
+            f"its bias, structure 'neuron+bias'), got shapes {[tuple(p.shape) for p in params]}"
+        )
+    return params[0].reshape(params[0].shape[0], -1)
+
+
+def parse_structure(value: object, *, entries: object = None) -> Structure | None:
     """A param group's ``"structure"``: None or ``"entry"`` (entry-wise H_s), ``"group"``
-    (also ``"neuron"``, ``"channel"``), or an N:M pattern such as ``"2:4"``.
+    (also ``"neuron"``, ``"channel"``, and with ``+bias`` a layer's weight and bias kept or
+    dropped together), or an N:M pattern such as ``"2:4"``. ``entries`` (the group's
+    ``"entries"``) adds a budget of at most that many nonzero entries inside the kept rows
+    (:func:`group_entry_mask`, exact).
 
     Raises:
-        InvalidValueError: anything else.
+        InvalidValueError: anything else, or ``entries`` that is not a positive integer or
+            goes with no group structure.
     """
+    if entries is not None:
+        if isinstance(entries, bool) or not isinstance(entries, int) or entries < 1:
+            raise InvalidValueError(f"entries must be a positive integer, got {entries!r}")
+        if value not in ("group", "neuron", "channel", "group+bias", "neuron+bias", "channel+bias"):
+            raise InvalidValueError(
+                f"an entry budget inside kept rows needs a group structure, got {value!r}"
+            )
+    count = 0 if entries is None else int(entries)  # checked above
     if value is None or value == "entry":
         return None
     if value in ("group", "neuron", "channel"):
-        return Structure("group")
+        return Structure("group", entries=count)
     if value in ("group+bias", "neuron+bias", "channel+bias"):
-        return Structure("group", bias=True)
+        return Structure("group", bias=True, entries=count)
     if isinstance(value, str) and ":" in value:
         n, m = parse_nm(value)
         return Structure("nm", n, m)
