@@ -14,6 +14,7 @@ ranks) and the exact count of nonzeros. Nothing is downloaded (digits ships with
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 import torch
@@ -32,6 +33,14 @@ def main() -> None:
     args = parser.parse_args()
     dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR/PORT
     torch.set_num_threads(1)
+    train(args.steps)
+    # FSDP2's state sits in reference cycles; free it before its process group is destroyed,
+    # or gloo's threads may abort the process at exit.
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def train(steps: int) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
 
     data = load_builtin("digits")
@@ -54,7 +63,7 @@ def main() -> None:
     opt = budget.wrap(
         model,
         lambda groups: torch.optim.AdamW(groups, lr=1e-2),
-        schedule=iht.schedules.Cubic(start=args.steps // 10, end=max(args.steps * 3 // 5, 2)),
+        schedule=iht.schedules.Cubic(start=steps // 10, end=max(steps * 3 // 5, 2)),
     )
     local = sum(p.to_local().numel() for p in model.parameters())
     if rank == 0:
@@ -64,12 +73,12 @@ def main() -> None:
             flush=True,
         )
     start = time.perf_counter()
-    for step in range(args.steps):
+    for step in range(steps):
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(X[shard]), y[shard])
         loss.backward()
         opt.step()
-        if rank == 0 and (step % 500 == 0 or step == args.steps - 1):
+        if rank == 0 and (step % 500 == 0 or step == steps - 1):
             print(f"step {step:5d}  loss on rank 0's rows {float(loss.detach()):.4f}", flush=True)
     elapsed = time.perf_counter() - start
 
@@ -85,7 +94,7 @@ def main() -> None:
         budget=budget,
     )
     if rank == 0:
-        print(f"trained {args.steps} steps in {elapsed:.1f} s on {world} ranks")
+        print(f"trained {steps} steps in {elapsed:.1f} s on {world} ranks")
         print(
             f"test accuracy {accuracy:.3f}; Linear weights kept {int(kept)} (budget {budget.sparsity})"
         )
@@ -93,7 +102,6 @@ def main() -> None:
             f"certificate at lr 1e-2: stable={cert['stable']}, max|grad| on support "
             f"{cert['max_grad_on_support']:.2e}, residual {cert['residual']:.2e}"
         )
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
