@@ -447,3 +447,46 @@ def test_iht_with_rows_and_entries_keeps_both_budgets_and_is_certified_with_them
     assert still["stable"] is True and still["residual"] == 0.0
     with pytest.raises(InvalidValueError, match="needs a group structure"):
         parse_structure("2:4", entries=3)
+
+
+def test_heads_are_blocks_of_rows_kept_or_dropped_whole() -> None:
+    """An attention projection's heads: ``group_rows`` = the head's rows; s counts heads."""
+    from iht.certify import structured_figures
+    from iht.structured import parse_structure
+
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(8, 12).double()  # 4 heads of 3 rows
+    opt = iht.IHT(
+        [{"params": [proj.weight, proj.bias], "structure": "neuron+bias", "sparsity": 2,
+          "group_rows": 3}],
+        lr=0.1,
+    )  # fmt: skip
+    X = torch.randn(20, 8, dtype=torch.float64)
+    for _ in range(5):
+        opt.zero_grad()
+        proj(X).pow(2).mean().backward()
+        opt.step()
+        alive = (proj.weight != 0).any(dim=1) | (proj.bias != 0)
+        heads = alive.reshape(4, 3)
+        assert bool((heads.all(dim=1) | ~heads.any(dim=1)).all())  # whole heads
+        assert int(heads.any(dim=1).sum()) == 2
+    # the projection keeps the 2 heads of largest norm (weights and biases together)
+    structure = parse_structure("neuron+bias", block=3)
+    assert structure is not None
+    x = torch.randn(12, 8, dtype=torch.float64)
+    b = torch.randn(12, dtype=torch.float64)
+    norms = (x.pow(2).sum(1) + b.pow(2)).reshape(4, 3).sum(1)
+    best = set(norms.topk(2).indices.tolist())
+    mask = structure.mask([x, b], 2)
+    kept_rows = mask[: 12 * 8].reshape(12, 8).all(dim=1).reshape(4, 3).all(dim=1)
+    assert {i for i in range(4) if kept_rows[i]} == best
+    fig = structured_figures(
+        [proj.weight, proj.bias], [torch.zeros_like(proj.weight), torch.zeros_like(proj.bias)],
+        lr=0.1, structure=structure, sparsity=2, grad_tol=0.0,
+    )  # fmt: skip
+    assert fig["kept_groups"] == 2 and fig["stable"] is True
+    with pytest.raises(InvalidValueError, match="not a multiple of the 5 rows"):
+        iht.IHT(
+            [{"params": [proj.weight], "structure": "neuron", "sparsity": 1, "group_rows": 5}],
+            lr=0.1,
+        )

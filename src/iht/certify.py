@@ -170,13 +170,17 @@ def structured_figures(
 
     def rows(t: Tensor) -> Tensor:
         if group:
-            return t.detach().reshape(t.shape[0], -1) if t.dim() else t.detach().reshape(1, 1)
+            if not t.dim():
+                return t.detach().reshape(1, 1)
+            return t.detach().reshape(t.shape[0] // structure.block, -1)  # a group per block
         width = structure.m
         return t.detach().reshape(-1, width)  # blocks of M (rows are multiples of M)
 
     if structure.bias:  # one layer's (weight, bias): a row and its bias entry are a group
         theta = structure.rows([t.detach() for t in tensors])
         grad = structure.rows([g.detach() for g in grads])
+        theta = theta.reshape(theta.shape[0] // structure.block, -1)
+        grad = grad.reshape(grad.shape[0] // structure.block, -1)
         return _group_figures(theta, grad, lr, sparsity, grad_tol, tensors, grads, structure)
     if group:
         theta = torch.cat([rows(t) for t in tensors])

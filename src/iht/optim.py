@@ -428,7 +428,9 @@ def param_pools(
         params = [p for p in group["params"] if _in_pool(p)]
         lrs = [float(group.get("lr", 0.0))] * len(params)
         minimum = [int(group.get("min_nonzeros") or 0)] * len(params)
-        structure = parse_structure(group.get("structure"), entries=group.get("entries"))
+        structure = parse_structure(
+            group.get("structure"), entries=group.get("entries"), block=group.get("group_rows")
+        )
         if structure is not None:
             structure.check(params)
             if structure.kind == "nm":  # the pattern is the budget
@@ -574,7 +576,9 @@ class IHT(Optimizer):
         """Add a group; a group with its own ``"sparsity"`` gets a budget of its own."""
         param_group = dict(param_group)
         structure = parse_structure(  # refused here if unknown
-            param_group.get("structure"), entries=param_group.get("entries")
+            param_group.get("structure"),
+            entries=param_group.get("entries"),
+            block=param_group.get("group_rows"),
         )
         own = param_group.get("sparsity") is not None or structure is not None
         param_group["pool"] = param_group.get("pool", _OWN if own else _GLOBAL)

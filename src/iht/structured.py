@@ -202,13 +202,16 @@ class Structure:
     Conv's output channels) or ``nm`` (N of every M consecutive inputs of each row; the
     pattern is the budget). With ``bias`` (structure ``"neuron+bias"``) the pool is one
     layer's (weight, bias) and bias entry i belongs to row i: a neuron is kept or dropped
-    whole, so a dropped one outputs exactly a(0) and the model shrinks exactly."""
+    whole, so a dropped one outputs exactly a(0) and the model shrinks exactly. With
+    ``block`` = k > 1 a group is k consecutive rows (an attention head: the k rows of a
+    projection that compute one head; the model says k), and s counts such blocks."""
 
     kind: str
     n: int = 0
     m: int = 0
     bias: bool = False
     entries: int = 0  # > 0: also at most this many nonzero entries, inside the kept rows
+    block: int = 1  # rows per group (a head's rows)
 
     def rows(self, params: Sequence[Tensor]) -> Tensor:
         """A (weight, bias) pool as one matrix: the weight's rows with the bias as a last
@@ -219,9 +222,9 @@ class Structure:
     def units(self, params: Sequence[Tensor]) -> int:
         """What the budget counts: rows for groups, entries for N:M."""
         if self.bias:
-            return params[0].shape[0]
+            return params[0].shape[0] // self.block
         if self.kind == "group":
-            return sum(p.shape[0] if p.dim() else 1 for p in params)
+            return sum((p.shape[0] if p.dim() else 1) // self.block for p in params)
         return sum(p.numel() for p in params)
 
     def implied(self, params: Sequence[Tensor]) -> int:
@@ -238,13 +241,17 @@ class Structure:
                 width = params[0][0].numel()
                 return torch.cat([chosen[:, :width].reshape(-1), chosen[:, width]])
             return chosen.reshape(-1)
+        k = self.block
         if self.bias:
-            kept = group_mask([self.rows(params)], budget)[0][:, :1]
+            matrix = self.rows(params)
+            blocks = matrix.reshape(matrix.shape[0] // k, -1)  # k rows (and biases) per group
+            kept = group_mask([blocks], budget)[0][:, :1].repeat_interleave(k, dim=0)
             width = params[0][0].numel()
             return torch.cat([kept.expand(-1, width).reshape(-1), kept.reshape(-1)])
         if self.kind == "group":
             masks = group_mask(
-                [p.reshape(p.shape[0], -1) if p.dim() else p.reshape(1, 1) for p in params], budget
+                [p.reshape(p.shape[0] // k, -1) if p.dim() else p.reshape(1, 1) for p in params],
+                budget,
             )
         else:
             masks = [
@@ -257,7 +264,17 @@ class Structure:
 
     def check(self, params: Sequence[Tensor]) -> None:
         """Raise InvalidValueError when a tensor cannot take this shape (N:M: a row length
-        that is not a multiple of M; a ``bias`` structure: not one weight and its bias)."""
+        that is not a multiple of M; a ``bias`` structure: not one weight and its bias; a
+        ``block`` that does not divide the rows)."""
+        if self.block > 1:
+            if self.entries:
+                raise InvalidValueError("an entry budget inside blocks of rows is not available")
+            for p in params:
+                if p.dim() and p.shape[0] % self.block:
+                    raise InvalidValueError(
+                        f"a tensor of shape {tuple(p.shape)} has {p.shape[0]} rows, not a "
+                        f"multiple of the {self.block} rows of a group"
+                    )
         if self.bias:
             if len(params) != 2 or params[0].dim() < 2 or params[1].shape != (params[0].shape[0],):
                 raise InvalidValueError(
@@ -276,6 +293,9 @@ class Structure:
                 )
 
 
+_GROUPS = ("group", "neuron", "channel", "group+bias", "neuron+bias", "channel+bias")
+
+
 def _one_matrix(params: Sequence[Tensor]) -> Tensor:
     """The rows of a one-tensor pool as a matrix (rows = groups)."""
     if len(params) != 1 or params[0].dim() < 2:
@@ -286,12 +306,15 @@ def _one_matrix(params: Sequence[Tensor]) -> Tensor:
     return params[0].reshape(params[0].shape[0], -1)
 
 
-def parse_structure(value: object, *, entries: object = None) -> Structure | None:
+def parse_structure(
+    value: object, *, entries: object = None, block: object = None
+) -> Structure | None:
     """A param group's ``"structure"``: None or ``"entry"`` (entry-wise H_s), ``"group"``
     (also ``"neuron"``, ``"channel"``, and with ``+bias`` a layer's weight and bias kept or
     dropped together), or an N:M pattern such as ``"2:4"``. ``entries`` (the group's
     ``"entries"``) adds a budget of at most that many nonzero entries inside the kept rows
-    (:func:`group_entry_mask`, exact).
+    (:func:`group_entry_mask`, exact); ``block`` (the group's ``"group_rows"``) makes each
+    group that many consecutive rows (an attention head's rows in a projection).
 
     Raises:
         InvalidValueError: anything else, or ``entries`` that is not a positive integer or
@@ -300,17 +323,22 @@ def parse_structure(value: object, *, entries: object = None) -> Structure | Non
     if entries is not None:
         if isinstance(entries, bool) or not isinstance(entries, int) or entries < 1:
             raise InvalidValueError(f"entries must be a positive integer, got {entries!r}")
-        if value not in ("group", "neuron", "channel", "group+bias", "neuron+bias", "channel+bias"):
+        if value not in _GROUPS:
             raise InvalidValueError(
                 f"an entry budget inside kept rows needs a group structure, got {value!r}"
             )
     count = 0 if entries is None else int(entries)  # checked above
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
+        raise InvalidValueError(f"group_rows must be a positive integer, got {block!r}")
+    rows = 1 if block is None else int(block)
+    if rows > 1 and value not in _GROUPS:
+        raise InvalidValueError(f"group_rows needs a group structure, got {value!r}")
     if value is None or value == "entry":
         return None
     if value in ("group", "neuron", "channel"):
-        return Structure("group", entries=count)
+        return Structure("group", entries=count, block=rows)
     if value in ("group+bias", "neuron+bias", "channel+bias"):
-        return Structure("group", bias=True, entries=count)
+        return Structure("group", bias=True, entries=count, block=rows)
     if isinstance(value, str) and ":" in value:
         n, m = parse_nm(value)
         return Structure("nm", n, m)
