@@ -65,6 +65,11 @@ def _cnn() -> nn.Sequential:
     return _sparse_start(model)
 
 
+def _regression() -> tuple[Tensor, Tensor]:
+    X, _ = _data("mlp")
+    return X, X[:, :1] * 0.5 - X[:, 1:2] + 0.1
+
+
 def _data(kind: str) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(1)
     X = torch.randn(48, 16, generator=gen, dtype=F64)
@@ -190,10 +195,26 @@ def _train_all(rank: int, tmp: str) -> None:
                 continue
             out[arch, kind]["certificate"] = dataclasses.asdict(_certificate(model, kind, X, y))
             out[arch, kind]["pools"] = _pool_certificate(model, X, y)
-            try:
-                iht.estimate_l2s(model, lambda m, X=X: m(X).sum(), sparsity=BUDGET)
-            except ValueError as error:
-                out["estimate refused"] = str(error)
+
+    # The L_2s estimate on a sharded linear regression, whose ratios the maths bounds.
+    torch.manual_seed(3)
+    linear = nn.Linear(16, 1).to(F64)
+    fully_shard(linear)
+    Xl, target = _regression()
+    estimate = iht.estimate_l2s(
+        linear,
+        lambda m: nn.functional.mse_loss(m(Xl), target),
+        sparsity=8,
+        n_samples=30,
+        generator=torch.Generator().manual_seed(0),
+    )
+    both = [torch.zeros(1, dtype=F64) for _ in range(WORLD)]
+    dist.all_gather(both, torch.tensor([estimate.estimate], dtype=F64))
+    out["estimate"] = {"ratios": estimate.ratios, "by rank": [float(b) for b in both]}
+    try:
+        iht.estimate_l2s(linear, lambda m: m(Xl).sum(), sparsity=None, init_fn=lambda n, g: Xl)
+    except ValueError as error:
+        out["estimate refused"] = str(error)
 
     # torch.distributed.checkpoint: save after RESUME_AT steps, resume in a new model.
     X, y = _data("mlp")
@@ -332,8 +353,22 @@ def test_a_per_layer_certificate_of_a_sharded_model_is_the_one_process_one(
     assert got["stable"] == expected["stable"] and got["nonzeros"] == expected["nonzeros"]
 
 
-def test_the_l2s_estimate_refuses_sharded_parameters_clearly(fsdp: dict[Any, Any]) -> None:
-    assert "estimate_l2s does not take sharded (DTensor) parameters yet" in fsdp["estimate refused"]
+def test_the_l2s_estimate_on_a_sharded_model_obeys_the_hessian_bounds(
+    fsdp: dict[Any, Any],
+) -> None:
+    """f = mean((X w + b - t)^2) has the constant Hessian H = 2/n [X 1]^T [X 1], so every
+    sampled ratio ||H d|| / ||d|| lies in [lambda_min(H), lambda_max(H)]; every rank gets the
+    same estimate, and an init_fn is refused on DTensors."""
+    X, _ = _regression()
+    A = torch.cat([X, torch.ones(len(X), 1, dtype=F64)], dim=1)
+    eigenvalues = torch.linalg.eigvalsh(2 * A.T @ A / len(X))
+    ratios = fsdp["estimate"]["ratios"]
+    assert ratios.numel() == 30
+    assert bool((ratios <= eigenvalues.max() * (1 + 1e-9)).all())
+    assert bool((ratios >= eigenvalues.min() * (1 - 1e-9)).all())
+    first, second = fsdp["estimate"]["by rank"]
+    assert first == second == float(ratios.max())
+    assert "no budget=, no init_fn=" in fsdp["estimate refused"]
 
 
 def test_a_distributed_checkpoint_resumes_equal(fsdp: dict[Any, Any]) -> None:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .errors import EstimateError, InvalidValueError
 from .evaluation import evaluating
 from .init import reset_parameters_
-from .sharded import is_sharded
+from .sharded import is_sharded, local_part, shard_segments
 from .threshold import check_sparsity, flatten, top_s_mask, unflatten_
 
 if TYPE_CHECKING:
@@ -212,6 +212,161 @@ def ratios_to_estimate(ratios: Tensor, s: int) -> L2sEstimate:
     )
 
 
+@dataclass(frozen=True)
+class _LocalInit:
+    """How to draw one parameter's local shard from its layer's default initialisation."""
+
+    kind: str  # "uniform" (+-value), "constant" (value) or "normal"
+    value: float
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+    def draw(self, gen: torch.Generator) -> Tensor:
+        if self.kind == "uniform":
+            u = torch.rand(self.shape, generator=gen, dtype=self.dtype)
+            return ((u * 2 - 1) * self.value).to(self.device)
+        if self.kind == "constant":
+            return torch.full(self.shape, self.value, dtype=self.dtype, device=self.device)
+        return torch.randn(self.shape, generator=gen, dtype=self.dtype).to(self.device)
+
+
+def _default_inits(model: nn.Module, params: Sequence[Tensor]) -> list[_LocalInit]:
+    """For each (DTensor) parameter, how to draw its *local shard* from the default
+    initialisation of its layer: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for Linear and Conv weights
+    and biases (PyTorch's kaiming_uniform(a=sqrt 5) and bias rule), ones / zeros for norm
+    layers' weights / biases, N(0, 1) for Embedding.
+
+    Raises:
+        InvalidValueError: a parameter of another kind of layer.
+    """
+    owner: dict[int, tuple[nn.Module, str]] = {}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            owner[id(param)] = (module, name)
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    inits = []
+    for p in params:
+        module, name = owner[id(p)]
+        local = local_part(p)
+        where = (tuple(local.shape), local.dtype, local.device)
+        if isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
+            fan_in = math.prod(module.weight.shape[1:])
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            inits.append(_LocalInit("uniform", bound, *where))
+        elif isinstance(module, norms):
+            inits.append(_LocalInit("constant", 1.0 if name == "weight" else 0.0, *where))
+        elif isinstance(module, nn.Embedding):
+            inits.append(_LocalInit("normal", 0.0, *where))
+        else:
+            raise InvalidValueError(
+                f"estimate_l2s on sharded parameters draws the default initialisation of "
+                f"Linear, Conv, norm and Embedding layers; {type(module).__name__}.{name} is "
+                "none of them"
+            )
+    return inits
+
+
+def _estimate_sharded(
+    model: nn.Module,
+    params: Sequence[Tensor],
+    loss_fn: Callable[[nn.Module], Tensor],
+    sparsity: int | None,
+    n_samples: int,
+    generator: torch.Generator | None,
+) -> L2sEstimate:
+    """The Monte Carlo estimate on DTensor (FSDP2) parameters, without gathering them.
+
+    Each rank draws its own shards of theta_i (the layers' default initialisation), of the
+    uniform support keys and of the normal perturbation, from a generator seeded by
+    ``generator`` and its rank; the support (the s largest keys: a uniformly random support)
+    and the projection of the perturbed point are the sharded selection; alpha is a MIN, the
+    two norms of the ratio are SUMs over the ranks. Every rank gets the same ratios. The
+    numbers are of the same distribution as the one-process estimate, not the same draws.
+    """
+    import torch.distributed as dist
+
+    from .distributed import sharded_threshold_masks
+
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise InvalidValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    offsets, group = shard_segments(params)
+    total = sum(p.numel() for p in params)
+    s = total if sparsity is None else check_sparsity(sparsity, total)
+    if s < 1:
+        raise InvalidValueError(f"sparsity must be in 1..{total} to estimate L_2s, got {s}")
+    inits = _default_inits(model, params)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    gen = torch.Generator().manual_seed(seed + dist.get_rank(group))
+    locals_ = [local_part(p) for p in params]
+    saved = [t.detach().clone() for t in locals_]
+    saved_grads = [p.grad for p in params]
+
+    def on_set(parts: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
+        return [torch.where(m, x, torch.zeros_like(x)) for x, m in zip(parts, masks, strict=True)]
+
+    def select(parts: list[Tensor]) -> list[Tensor]:
+        masks = sharded_threshold_masks(
+            [(x.reshape(-1), o) for x, o in zip(parts, offsets, strict=True)], s, group=group
+        )
+        return [m.reshape(x.shape) for m, x in zip(masks, parts, strict=True)]
+
+    def grads_at(parts: list[Tensor]) -> list[Tensor]:
+        with torch.no_grad():
+            for t, x in zip(locals_, parts, strict=True):
+                t.copy_(x)
+        for p in params:
+            p.grad = None
+        loss_fn(model).backward()
+        return [
+            torch.zeros_like(t) if p.grad is None else local_part(p.grad).clone()
+            for p, t in zip(params, locals_, strict=True)
+        ]
+
+    def total_of(value: Tensor, op: Any) -> float:
+        value = value.reshape(1).to(torch.float64)
+        dist.all_reduce(value, op=op, group=group)
+        return float(value[0])
+
+    started = time.perf_counter()
+    ratios = []
+    try:
+        with evaluating(model):
+            for _ in range(n_samples):
+                theta = [init.draw(gen) for init in inits]
+                keys = [
+                    torch.rand(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in theta
+                ]
+                z = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in theta]
+                sparse = on_set(theta, select(keys))
+                smallest = [
+                    torch.where(x != 0, x.abs(), torch.full_like(x, math.inf)).amin()
+                    if x.numel()
+                    else torch.tensor(math.inf, dtype=x.dtype)
+                    for x in sparse
+                ]
+                alpha = total_of(torch.stack(smallest).amin(), dist.ReduceOp.MIN)
+                alpha = alpha if math.isfinite(alpha) else 1.0
+                moved = [x + alpha * d for x, d in zip(sparse, z, strict=True)]
+                perturbed = on_set(moved, select(moved))
+                g1, g2 = grads_at(sparse), grads_at(perturbed)
+                num = sum(float((a - b).pow(2).sum()) for a, b in zip(g1, g2, strict=True))
+                den = sum(
+                    float((a - b).pow(2).sum()) for a, b in zip(sparse, perturbed, strict=True)
+                )
+                num_all = total_of(torch.tensor(num), dist.ReduceOp.SUM)
+                den_all = total_of(torch.tensor(den), dist.ReduceOp.SUM)
+                ratios.append(math.sqrt(num_all) / math.sqrt(den_all))
+    finally:
+        with torch.no_grad():
+            for t, value in zip(locals_, saved, strict=True):
+                t.copy_(value)
+        for p, g in zip(params, saved_grads, strict=True):
+            p.grad = g
+    found = ratios_to_estimate(torch.tensor(ratios, dtype=torch.float64), s)
+    return dataclasses.replace(found, seconds_per_draw=(time.perf_counter() - started) / n_samples)
+
+
 def _estimate_for_budget(
     grad_fn: GradFn,
     init_fn: InitFn,
@@ -278,12 +433,15 @@ def estimate_l2s(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise InvalidValueError(f"{type(model).__name__} has no trainable parameters")
+    if budget is not None and sparsity is not None:
+        raise InvalidValueError("give sparsity or budget, not both")
     if is_sharded(params):
-        raise InvalidValueError(
-            "estimate_l2s does not take sharded (DTensor) parameters yet: every draw is a whole "
-            "parameter vector. Estimate on an unsharded copy of the model (same layers, one "
-            "process) and pass its lr"
-        )
+        if budget is not None or init_fn is not None:
+            raise InvalidValueError(
+                "on sharded (DTensor) parameters estimate_l2s takes an entry sparsity and the "
+                "layers' default initialisation (no budget=, no init_fn=)"
+            )
+        return _estimate_sharded(model, params, loss_fn, sparsity, n_samples, generator)
     saved = [p.detach().clone() for p in params]
     # reset_parameters() also re-draws frozen parameters and resets buffers (BatchNorm
     # statistics), and loss_fn may update buffers; none of them is part of theta, so they are
@@ -319,8 +477,6 @@ def estimate_l2s(
             )
         return torch.stack(rows)
 
-    if budget is not None and sparsity is not None:
-        raise InvalidValueError("give sparsity or budget, not both")
     started = time.perf_counter()
     try:
         with evaluating(model):
