@@ -115,7 +115,8 @@ def summary_lines(run: TrainResult, report: Path | None, elapsed: float) -> list
             f"epsilon = {certificate['epsilon']:.3g}"
         )
     directory = run.directory
-    written = [name for name in (*OUTPUT_FILES, "report.html") if (directory / name).exists()]
+    extra = ("model_shrunk.pt", "report.html")
+    written = [name for name in (*OUTPUT_FILES, *extra) if (directory / name).exists()]
     if (directory / "figures").is_dir():
         written.append("figures/")
     lines.append(f"{elapsed:.1f} s in all; files in {directory}/: {', '.join(written)}")
