@@ -18,6 +18,7 @@ not finite, before anything is written.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,11 +33,10 @@ __all__ = ["is_sharded", "local_part", "shard_segments", "sharded_plan"]
 
 
 def _dtensor_type() -> type | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch without distributed support
-        return None
-    return DTensor
+    """DTensor, if its module is loaded: no parameter can be one otherwise (so a model that
+    is not sharded never pays for importing it)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else getattr(module, "DTensor", None)
 
 
 def is_sharded(params: Sequence[Tensor]) -> bool:
