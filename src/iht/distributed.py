@@ -504,16 +504,17 @@ def sharded_threshold_masks(
         full = layout.s == size
         flat = torch.full((local.numel(),), full, dtype=torch.bool, device=device)
     else:
-        index = torch.cat(
-            [
-                torch.arange(t.numel(), device=device) + o
-                for t, o in zip(tensors, offsets, strict=True)
-            ]
-        )
         chosen = method
         if chosen == "auto":
             chosen = "candidates" if layout.world * layout.s <= CANDIDATE_LIMIT else "count"
         if chosen == "candidates":
+            # the global index of every local entry (the count search does not need it)
+            index = torch.cat(
+                [
+                    torch.arange(t.numel(), device=device) + o
+                    for t, o in zip(tensors, offsets, strict=True)
+                ]
+            )
             flat = _candidates(local, index, layout.s, group, layout)
         else:
             sizes = [t.numel() for t in tensors]
