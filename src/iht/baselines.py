@@ -58,6 +58,13 @@ class GmpPlan:
     def prunes_at(self, t: int) -> bool:
         return self.t0 <= t <= self.end and (t - self.t0) % self.dt == 0
 
+    def kept(self, t: int, size: int, s: int) -> int:
+        """How many of ``size`` units (entries, rows) are kept at step t, pruning from dense to
+        s on the cubic schedule (:func:`gmp_sparsity`, :func:`kept_count`)."""
+        final = 1 - s / size
+        fraction = gmp_sparsity(t, initial=0.0, final=final, t0=self.t0, dt=self.dt, n=self.n)
+        return kept_count(fraction, size, s)
+
 
 def gmp_plan(steps: int, *, start: float = 1 / 6, end: float = 2 / 3, events: int = 100) -> GmpPlan:
     """The pruning steps of GMP over ``steps`` training steps.

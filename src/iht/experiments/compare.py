@@ -89,8 +89,6 @@ from .. import __version__
 from ..baselines import (
     GmpPlan,
     gmp_plan,
-    gmp_sparsity,
-    kept_count,
     magnitude_masks,
     nonzeros,
     prune_global_,
@@ -245,6 +243,13 @@ class _Masked(_Policy):
     def after_update(self, t: int) -> None:
         self.apply()
 
+    def keep_only(self, keep: Tensor) -> None:
+        """Mask every parameter to the flat bool ``keep`` (parameter order), from now on."""
+        self.masks = [
+            m.to(p.dtype) for m, p in zip(split_like(keep, self.params), self.params, strict=True)
+        ]
+        self.apply()
+
 
 class _Gmp(_Masked):
     """Gradual magnitude pruning on the cubic schedule (a pruned entry never returns)."""
@@ -260,23 +265,12 @@ class _Gmp(_Masked):
     def before_step(self, t: int) -> None:
         if not self.plan.prunes_at(t):
             return
-        final = 1 - self.s / self.size
-        k = kept_count(
-            gmp_sparsity(
-                t, initial=0.0, final=final, t0=self.plan.t0, dt=self.plan.dt, n=self.plan.n
-            ),
-            self.size,
-            self.s,
-        )
+        k = self.plan.kept(t, self.size, self.s)
         with torch.no_grad():
             # Pruned entries are exactly 0, so the k largest magnitudes lie among the unpruned
             # ones; "& keep" makes sure a pruned entry never returns.
             self.keep = self.keep & threshold_mask(flatten(p.detach() for p in self.params), k)
-            self.masks = [
-                m.to(p.dtype)
-                for m, p in zip(split_like(self.keep, self.params), self.params, strict=True)
-            ]
-        self.apply()
+            self.keep_only(self.keep)
 
 
 class _OneShot(_Policy):
@@ -405,11 +399,7 @@ class _StructuredPrune(_Masked):
             theta = flatten(p.detach() for p in self.params)
             # Pruned rows are exactly 0, so the kept ones lie among the unpruned.
             self.keep = self.keep & budget.masks(self.model, theta[None], random=False)[0]
-            self.masks = [
-                m.to(p.dtype)
-                for m, p in zip(split_like(self.keep, self.params), self.params, strict=True)
-            ]
-        self.apply()
+            self.keep_only(self.keep)
 
     def _gradual(self, t: int) -> Budget:
         """The budget at step t: each pool's rows on the cubic schedule to its final count."""
@@ -419,14 +409,7 @@ class _StructuredPrune(_Masked):
             if pool.dense:
                 pools.append(pool)
                 continue
-            final = 1 - pool.sparsity / pool.units
-            rows = kept_count(
-                gmp_sparsity(
-                    t, initial=0.0, final=final, t0=self.plan.t0, dt=self.plan.dt, n=self.plan.n
-                ),
-                pool.units,
-                pool.sparsity,
-            )
+            rows = self.plan.kept(t, pool.units, pool.sparsity)
             pools.append(replace(pool, sparsity=rows))
         return replace(self.budget, pools=tuple(pools))
 
