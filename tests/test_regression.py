@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from commands import one_thread, train_cli  # noqa: F401 (the fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import r2_score
@@ -22,16 +22,6 @@ from iht.data import MAX_GUESSED_CLASSES, DataError, load_csv, load_dataset
 from iht.experiments.train import read_train_run
 from iht.tasks import CLASSIFICATION, REGRESSION, Task
 from iht.training import History
-
-FAST = ["--no-progress"]  # the default 100 draws: 5 underestimate L_2s here and diverge
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @settings(max_examples=50, deadline=None)
@@ -159,18 +149,11 @@ def test_a_constant_regression_output_is_not_certified(tmp_path: Path) -> None:
     assert cert["stable"] is False and cert["degenerate"]
 
 
-def _train(capsys: pytest.CaptureFixture[str], out: Path, *args: str, code: int = 0) -> str:
-    result = main(["train", *args, *FAST, "--out", str(out)])
-    captured = capsys.readouterr()
-    assert result == code, captured.err
-    return captured.out + captured.err
-
-
 def test_iht_train_regression_on_diabetes_end_to_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "diabetes"
-    printed = _train(
+    printed = train_cli(
         capsys, out, "--data", "diabetes", "--hidden", "16", "--sparsity", "0.3", "--steps", "400"
     )
     assert "a numeric target (mean" in printed and "R²" in printed and "RMSE" in printed
@@ -194,7 +177,7 @@ def test_iht_train_regression_on_diabetes_end_to_end(
 def test_iht_train_with_a_task_its_data_lacks_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    printed = _train(
+    printed = train_cli(
         capsys, tmp_path / "x", "--data", "diabetes", "--task", "classification",
         "--sparsity", "5", code=2,
     )  # fmt: skip
@@ -212,13 +195,13 @@ def test_iht_train_refuses_to_guess_a_csv_target(
     frame = load_diabetes(as_frame=True).frame
     path = tmp_path / "diabetes.csv"
     frame.to_csv(path, index=False)
-    printed = _train(
+    printed = train_cli(
         capsys, tmp_path / "a", "--data", str(path), "--target", "target", "--sparsity", "5",
         code=2,
     )  # fmt: skip
     assert "214 distinct numbers in 442 rows; pass --task regression" in printed
     assert "Traceback" not in printed
-    _train(
+    train_cli(
         capsys, tmp_path / "b", "--data", str(path), "--target", "target", "--task",
         "regression", "--sparsity", "5", "--steps", "50", "--no-report",
     )  # fmt: skip

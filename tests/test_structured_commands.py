@@ -4,38 +4,12 @@ neurons / channels, N:M patterns, the exported model, the errors."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-
-from iht.cli import main
-
-FAST = ["--no-progress"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _train(capsys: pytest.CaptureFixture[str], out: Path, *args: str, code: int = 0) -> str:
-    result = main(["train", *args, *FAST, "--out", str(out)])
-    captured = capsys.readouterr()
-    assert result == code, captured.err
-    return captured.out + captured.err
-
-
-def _compare(capsys: pytest.CaptureFixture[str], out: Path, *args: str, code: int = 0) -> str:
-    result = main(["compare", *args, *FAST, "--no-report", "--out", str(out)])
-    captured = capsys.readouterr()
-    assert result == code, captured.err
-    return captured.out + captured.err
+from commands import compare_cli, one_thread, train_cli  # noqa: F401 (the fixture)
 
 
 def test_iht_train_neuron_budget_writes_a_smaller_model_that_computes_the_same(
@@ -45,7 +19,7 @@ def test_iht_train_neuron_budget_writes_a_smaller_model_that_computes_the_same(
     from iht.shrink import shrink
 
     out = tmp_path / "neuron"
-    printed = _train(
+    printed = train_cli(
         capsys, out, "--data", "digits", "--hidden", "32", "--structure", "neuron",
         "--sparsity", "25%", "--steps", "150", "--no-report",
     )  # fmt: skip
@@ -73,7 +47,7 @@ def test_iht_train_2_4_keeps_the_pattern(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "nm"
-    printed = _train(
+    printed = train_cli(
         capsys, out, "--data", "digits", "--hidden", "32", "--structure", "2:4",
         "--steps", "100", "--no-report",
     )  # fmt: skip
@@ -98,7 +72,7 @@ def test_iht_train_2_4_keeps_the_pattern(
 def test_iht_train_structure_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    printed = _train(capsys, tmp_path / "x", "--data", "digits", "--hidden", "8", *args, code=2)
+    printed = train_cli(capsys, tmp_path / "x", "--data", "digits", "--hidden", "8", *args, code=2)
     assert message in printed and "Traceback" not in printed
     assert len(printed.strip().splitlines()) == 1
 
@@ -107,7 +81,7 @@ def test_iht_compare_with_a_neuron_budget_keeps_every_method_on_whole_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cmp"
-    printed = _compare(
+    printed = compare_cli(
         capsys, out, "--data", "digits", "--hidden", "16", "--structure", "neuron",
         "--sparsity", "4", "--seeds", "1", "--steps", "60", "--n-monte", "5",
     )  # fmt: skip
@@ -122,17 +96,17 @@ def test_iht_compare_with_a_neuron_budget_keeps_every_method_on_whole_rows(
 def test_iht_compare_structure_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    printed = _compare(
+    printed = compare_cli(
         capsys, tmp_path / "a", "--data", "digits", "--hidden", "8", "--structure", "neuron",
         "--sparsity", "4", "--methods", "iht,rigl", code=2,
     )  # fmt: skip
     assert "rigl have no neuron form here; with --structure neuron choose from" in printed
-    printed = _compare(
+    printed = compare_cli(
         capsys, tmp_path / "b", "--data", "digits", "--structure", "2:4", "--sparsity", "4",
         code=2,
     )  # fmt: skip
     assert "leave out --sparsity" in printed
-    printed = _compare(capsys, tmp_path / "c", "--data", "diabetes", "--sparsity", "5", code=2)
+    printed = compare_cli(capsys, tmp_path / "c", "--data", "diabetes", "--sparsity", "5", code=2)
     assert printed.strip() == (
         "iht: error: iht compare compares classifiers; diabetes is a regression data set "
         "(train it with iht train --task regression)"
