@@ -48,11 +48,11 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
     "biases counted; with --structure neuron or channel, of the hidden layers' rows. "
     "Required but with an N:M structure.",
 )
-@click.option(
-    "--structure",
-    default=default_of(CompareConfig, "structure"),
-    show_default=True,
-    help="The budget's shape: entry, neuron or channel (whole hidden neurons / channels with "
+@config_option(
+    CompareConfig,
+    "structure",
+    str,
+    "The budget's shape: entry, neuron or channel (whole hidden neurons / channels with "
     "their biases; methods dense, oneshot, gmp, iht), or an N:M pattern such as 2:4 (dense, "
     "oneshot, iht).",
 )

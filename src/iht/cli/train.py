@@ -54,11 +54,11 @@ __all__ = ["train_command"]
     "budgeted parameters (rounded half up, at least 1); with --structure neuron or channel, "
     "of the hidden layers' rows. Required but with an N:M structure.",
 )
-@click.option(
-    "--structure",
-    default=default_of(TrainConfig, "structure"),
-    show_default=True,
-    help="The budget's shape: entry (the s largest entries), neuron or channel (whole output "
+@config_option(
+    TrainConfig,
+    "structure",
+    str,
+    "The budget's shape: entry (the s largest entries), neuron or channel (whole output "
     "neurons / channels of the hidden layers, the output layer and biases dense), or an N:M "
     "pattern such as 2:4 (N of every M consecutive inputs of each weight row whose length "
     "is a multiple of M).",
