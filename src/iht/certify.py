@@ -586,7 +586,7 @@ def _count_nonzero(p: Tensor) -> int:
     import torch.distributed as dist
 
     count = local_part(p).count_nonzero().reshape(1).to(torch.int64)
-    dist.all_reduce(count, group=shard_segments([p])[1])
+    dist.all_reduce(count, group=p.device_mesh.get_group())  # type: ignore[attr-defined]
     return int(count[0])
 
 

@@ -121,6 +121,11 @@ def perturbation_pairs(theta: Tensor, keys: Tensor, z: Tensor, s: int) -> tuple[
     return sparse, perturbed
 
 
+def _check_n_samples(n_samples: object) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise InvalidValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+
+
 def estimate_l2s_fn(
     grad_fn: GradFn,
     init_fn: InitFn,
@@ -148,8 +153,7 @@ def estimate_l2s_fn(
     s = size if sparsity is None else check_sparsity(sparsity, size)
     if s < 1:
         raise InvalidValueError(f"sparsity must be in 1..{size} to estimate L_2s, got {s}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise InvalidValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    _check_n_samples(n_samples)
     sparse, perturbed = draw_pairs(
         init_fn, sparsity=s, size=size, n_samples=n_samples, generator=generator
     )
@@ -288,8 +292,7 @@ def _estimate_sharded(
 
     from .distributed import sharded_threshold_masks
 
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise InvalidValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    _check_n_samples(n_samples)
     offsets, group = shard_segments(params)
     total = sum(p.numel() for p in params)
     s = total if sparsity is None else check_sparsity(sparsity, total)
@@ -377,8 +380,7 @@ def _estimate_for_budget(
 ) -> L2sEstimate:
     """:func:`estimate_l2s_fn`'s steps with the supports of ``budget``'s shape (the same
     order of draws: initialisations, uniform keys, normal perturbations)."""
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise InvalidValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    _check_n_samples(n_samples)
     theta = init_fn(n_samples, generator)
     keys = torch.rand(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
     z = torch.randn(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)

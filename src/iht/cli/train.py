@@ -59,7 +59,7 @@ __all__ = ["train_command"]
     "structure",
     str,
     "The budget's shape: entry (the s largest entries), neuron or channel (whole output "
-    "neurons / channels of the hidden layers, the output layer and biases dense), or an N:M "
+    "neurons / channels of the hidden layers with their biases; the output layer dense), or an N:M "
     "pattern such as 2:4 (N of every M consecutive inputs of each weight row whose length "
     "is a multiple of M).",
 )
