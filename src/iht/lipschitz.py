@@ -110,15 +110,19 @@ def perturbation_pairs(theta: Tensor, keys: Tensor, z: Tensor, s: int) -> tuple[
         support = torch.zeros_like(theta, dtype=torch.bool)
         support.scatter_(-1, keys.argsort(dim=-1)[..., :s], True)
         sparse = torch.where(support, theta, torch.zeros_like(theta))
+    moved = sparse + _perturbation_scale(sparse) * z
+    perturbed = moved if s >= size else torch.where(top_s_mask(moved, s), moved, 0.0)
+    return sparse, perturbed
+
+
+def _perturbation_scale(sparse: Tensor) -> Tensor:
+    """alpha of each draw, shape (..., 1): the smallest nonzero magnitude of theta_i."""
     magnitude = sparse.abs()
     alpha = torch.where(magnitude > 0, magnitude, torch.full_like(magnitude, math.inf))
     alpha = alpha.min(dim=-1, keepdim=True).values
     # A support that drew only zeros (e.g. zero-initialised biases) has no smallest nonzero
     # entry; perturb it at unit scale so the draw still yields a ratio.
-    alpha = torch.where(torch.isfinite(alpha), alpha, torch.ones_like(alpha))
-    moved = sparse + alpha * z
-    perturbed = moved if s >= size else torch.where(top_s_mask(moved, s), moved, 0.0)
-    return sparse, perturbed
+    return torch.where(torch.isfinite(alpha), alpha, torch.ones_like(alpha))
 
 
 def _check_n_samples(n_samples: object) -> None:
@@ -185,11 +189,7 @@ def budget_pairs(
     budget's supports (``masks(keys, True)``), then perturbed by alpha z and projected back
     onto the budget's set (``masks(moved, False)``: its own projection, groups or N:M)."""
     sparse = torch.where(masks(keys, True), theta, torch.zeros_like(theta))
-    magnitude = sparse.abs()
-    alpha = torch.where(magnitude > 0, magnitude, torch.full_like(magnitude, math.inf))
-    alpha = alpha.min(dim=-1, keepdim=True).values
-    alpha = torch.where(torch.isfinite(alpha), alpha, torch.ones_like(alpha))
-    moved = sparse + alpha * z
+    moved = sparse + _perturbation_scale(sparse) * z
     return sparse, torch.where(masks(moved, False), moved, torch.zeros_like(moved))
 
 
