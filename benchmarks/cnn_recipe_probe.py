@@ -32,6 +32,7 @@ from iht.experiments.compare import (
     _base_optimizer,
     _generator,
     _Problem,
+    compare_levels,
     compared_model,
 )
 from iht.experiments.config import CompareConfig
@@ -70,8 +71,7 @@ def main() -> None:
     problem = _Problem(dataset, config, args.seed, torch.float32)
     model = compared_model(config, dataset)
     reset_parameters_(model, generator=_generator(args.seed, _INIT))
-    size = sum(p.numel() for p in model.parameters())
-    s = int(args.density * size + 0.5)  # as deep_comparison's levels: biases counted
+    (s,) = compare_levels(config, dataset)  # as deep_comparison's levels: biases counted
     budgeted = opts.get("budgeted", "all")
     biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias"))
     budget = plan_budget(

@@ -329,8 +329,8 @@ BEFORE_THE_LOOP = {
 def test_the_one_loop_gives_the_earlier_full_batch_numbers() -> None:
     """Every method now trains on its own in one loop (any optimizer, any batches); the
     full-batch GD numbers of the methods that were there before are the same, to float64
-    rounding: the recorded losses came from one build of torch and numpy, and a later build
-    (numpy 2.4.6 here) moved one of them by one unit in the last place."""
+    rounding: the recorded losses came from one set of package builds, and a later set (numpy
+    2.4.6, scikit-learn 1.9.1) moved one of them by one unit in the last place."""
     config = CompareConfig(data="iris", sparsity=(2, 5), seeds=1, steps=STEPS, n_monte=N_MONTE)
     frame = run_compare(config).frame.set_index(["method", "sparsity"])
     for key, (train_loss, test_acc) in BEFORE_THE_LOOP.items():
