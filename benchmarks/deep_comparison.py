@@ -5,6 +5,8 @@
     python benchmarks/deep_comparison.py --setting digits-mlp
     python benchmarks/deep_comparison.py --table results/deep     # print the tables + figure
 
+``--methods rigl,iht`` runs a subset (the others' stored runs are kept and shown).
+
 Settings: MNIST-1D (4,000 / 1,000, generated offline) with the benchmark's CNN (P = 5,210) or
 an MLP 40-100-100-10 (P = 15,210); digits (scikit-learn, 80/20 split) with an MLP 64-64-10.
 Every method gets the same data, splits, initialisation, base optimizer (Adam), batches
@@ -79,13 +81,13 @@ def _append(path: Path, frame: pd.DataFrame) -> None:
     tmp.replace(path)
 
 
-def run(setting: str, out: Path) -> None:
+def run(setting: str, out: Path, methods: tuple[str, ...] = METHODS) -> None:
     torch.set_num_threads(1)
     directory = out / setting
     directory.mkdir(parents=True, exist_ok=True)
     tuning_path, runs_path = directory / "tuning.parquet", directory / "runs.parquet"
     tuned = pd.read_parquet(tuning_path) if tuning_path.exists() else pd.DataFrame()
-    for method in METHODS:
+    for method in methods:
         for lr in LRS:
             if len(tuned) and ((tuned["method"] == method) & (tuned["lr"] == lr)).any():
                 continue
@@ -115,10 +117,11 @@ def run(setting: str, out: Path) -> None:
     best = {
         str(m): float(g.groupby("lr")["test_acc"].median().idxmax())  # type: ignore[arg-type]
         for m, g in tuned.groupby("method")
+        if m in methods
     }
     print(f"{setting}: chosen lr {best}", flush=True)
     done = pd.read_parquet(runs_path) if runs_path.exists() else pd.DataFrame()
-    for method in METHODS:
+    for method in methods:
         if len(done) and (done["method"] == method).any():
             continue
         sparsity = ",".join(str(d) for d in DENSITIES)
@@ -221,11 +224,20 @@ def main() -> None:
     parser.add_argument("--setting", choices=sorted(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("results/deep"))
     parser.add_argument("--table", type=Path, help="print the tables of a results folder")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated subset of the methods to run (default: all)",
+    )
     args = parser.parse_args()
     if args.table:
         table(args.table)
     elif args.setting:
-        run(args.setting, args.out)
+        methods = tuple(m for m in args.methods.split(",") if m)
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        run(args.setting, args.out, methods)
     else:
         parser.error("give --setting or --table")
 

@@ -52,6 +52,7 @@ __all__ = [
     "iht_update",
     "param_pools",
     "project_",
+    "reselects",
 ]
 
 _GLOBAL = "global"
@@ -250,7 +251,7 @@ def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
     """Check one pool's update (read only) and return the function that writes it."""
     params, grads, lrs, budget, state = pool.params, pool.grads, pool.lrs, pool.sparsity, pool.state
     if is_sharded(params):  # FSDP2's DTensors: select across ranks, never gather
-        return sharded_plan(pool, every, _reselects)
+        return sharded_plan(pool, every, reselects)
     size = sum(p.numel() for p in params)
     if (
         budget is None
@@ -266,7 +267,7 @@ def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
 
     if not kernels.eligible(params, grads):
         return _plan_torch(pool, every)
-    if not _reselects(state, every, size, budget):
+    if not reselects(state, every, size, budget):
         if kernels.nonfinite_count(params, grads, lrs):
             _raise_nonfinite(params, grads, lrs)
         mask = cast(Tensor, state.mask)
@@ -300,7 +301,7 @@ def _plan(pool: StepPool, every: int, kernel: str) -> Callable[[], None]:
     return write
 
 
-def _reselects(state: PoolState, every: int, size: int, budget: int) -> bool:
+def reselects(state: PoolState, every: int, size: int, budget: int) -> bool:
     """Whether this step re-selects the support (else the stored mask is applied): every
     ``every`` steps, and whenever there is no mask for this pool or the budget changed."""
     return (
@@ -322,7 +323,7 @@ def _plan_torch(pool: StepPool, every: int) -> Callable[[], None]:
                 p.add_(g, alpha=-lr)
         if budget is not None:
             size = sum(p.numel() for p in params)
-            if _reselects(state, every, size, budget):
+            if reselects(state, every, size, budget):
                 # params now hold theta - lr * grad (theta where there is no gradient)
                 flat = flatten(p.detach() for p in params)
                 if pool.structure is not None:

@@ -19,6 +19,22 @@ it as the base optimizer wrote it.
 A :class:`~iht.schedules.Schedule` sets the budget of each step (dense warm-up, a cubic
 decay to s, AC/DC phases); the projection is exact at every step, and a dense step of a
 schedule projects nothing.
+
+**Selection.** ``selection="magnitude"`` (the default) projects in the Euclidean norm: H_s
+keeps the s largest :math:`|\theta_i|`, the paper's map. ``selection="fisher"`` projects in
+the norm of the diagonal empirical Fisher :math:`F` (a running mean of squared gradients),
+
+.. math:: P^F_s(z) = \arg\min_{\|x\|_0 \le s} \sum_i F_i (x_i - z_i)^2,
+
+which keeps the s largest :math:`F_i z_i^2`: the entries whose removal costs the most under
+the quadratic model :math:`f(z + \delta) \approx f(z) + g^\top\delta + \tfrac12 \delta^\top
+\mathrm{diag}(F)\,\delta` (Optimal Brain Damage's saliency, LeCun et al. 1990). It is the
+projection of a preconditioned step in its own metric, and it is still exact: the best point of
+the s-sparse set in that norm. F is the base optimizer's own second moment when it keeps one
+(``exp_avg_sq`` of Adam, AdamW, NAdam, RAdam; ``square_avg`` of RMSprop), else a running mean
+kept by the wrapper (:data:`FISHER_BETA`). An entry with no gradient signal (F = 0, e.g. behind
+a dead ReLU) scores 0 and goes first; on deep nets this keeps a budget from starving a layer
+(measured in the README).
 """
 
 from __future__ import annotations
@@ -41,15 +57,29 @@ from .optim import (
     StepPool,
     param_pools,
     project_,
+    reselects,
 )
 from .schedules import Constant, Schedule
-from .sharded import local_part
-from .threshold import check_sparsity, refuse_repeated
+from .sharded import is_sharded, local_part
+from .threshold import (
+    check_sparsity,
+    flatten,
+    refuse_repeated,
+    split_like,
+    weighted_top_s_mask,
+)
 
-__all__ = ["STATE_POLICIES", "SparseOptimizer"]
+__all__ = ["FISHER_BETA", "SELECTIONS", "STATE_POLICIES", "SparseOptimizer"]
 
 #: What happens to the base optimizer's state off the support.
 STATE_POLICIES = ("zero", "keep")
+#: How the support is chosen: the Euclidean projection H_s, or the diagonal-Fisher one.
+SELECTIONS = ("magnitude", "fisher")
+#: The decay of the wrapper's own running mean of squared gradients (Adam's beta2), used
+#: when the base optimizer keeps no second moment.
+FISHER_BETA = 0.999
+# A base optimizer's per-coordinate running mean of squared gradients, by state key.
+_SECOND_MOMENTS = ("exp_avg_sq", "square_avg")
 
 
 class SparseOptimizer(Optimizer):
@@ -70,6 +100,9 @@ class SparseOptimizer(Optimizer):
         kernel: ``"auto"``, ``"compiled"`` or ``"torch"``, as for :class:`iht.IHT`.
         state: ``"zero"`` (the base optimizer's state is zeroed off the support) or ``"keep"``.
         schedule: the budget of each step (:mod:`iht.schedules`); default: s from the start.
+        selection: ``"magnitude"`` (H_s, the s largest |theta_i|) or ``"fisher"`` (the s
+            largest F_i theta_i^2, the projection in the diagonal Fisher norm; entry budgets
+            only, not on sharded parameters). See the module docstring.
 
     Raises:
         TypeError, ValueError: a bad optimizer, budget, ``threshold_every``, kernel or state.
@@ -92,6 +125,7 @@ class SparseOptimizer(Optimizer):
         kernel: str = "auto",
         state: str = "zero",
         schedule: Schedule | None = None,
+        selection: str = "magnitude",
     ) -> None:
         # Optimizer.__init__ is not called: the groups, defaults and state are the base's.
         if not isinstance(optimizer, Optimizer):
@@ -109,6 +143,10 @@ class SparseOptimizer(Optimizer):
             raise InvalidValueError(
                 f"state must be one of {', '.join(STATE_POLICIES)}, got {state!r}"
             )
+        if selection not in SELECTIONS:
+            raise InvalidValueError(
+                f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}"
+            )
         if (
             isinstance(threshold_every, bool)
             or not isinstance(threshold_every, int)
@@ -123,6 +161,10 @@ class SparseOptimizer(Optimizer):
         self.kernel = kernel
         self.state_policy = state
         self.schedule: Schedule = schedule if schedule is not None else Constant()
+        self.selection = selection
+        #: The running mean of squared gradients of parameters whose base optimizer keeps
+        #: none (``selection="fisher"`` only), by parameter.
+        self.fisher: dict[Tensor, Tensor] = {}
         self.pool_states: dict[str, PoolState] = {}
         #: Steps taken: the schedule's clock.
         self.steps_taken = 0
@@ -156,7 +198,8 @@ class SparseOptimizer(Optimizer):
     def __repr__(self) -> str:
         return (
             f"SparseOptimizer({self.optimizer!r}, sparsity={self.sparsity}, "
-            f"schedule={self.schedule!r}, state={self.state_policy!r})"
+            f"schedule={self.schedule!r}, state={self.state_policy!r}, "
+            f"selection={self.selection!r})"
         )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -174,6 +217,12 @@ class SparseOptimizer(Optimizer):
             if pool.sparsity is not None:
                 name = "sparsity" if pool.key == "global" else f"sparsity of {pool.key}"
                 check_sparsity(pool.sparsity, pool.units, name=name)
+            if self.selection == "fisher" and pool.structure is not None:
+                raise InvalidValueError(
+                    f"selection='fisher' takes budgets of entries; pool {pool.key} has "
+                    "structure "
+                    f"{pool.structure.kind!r} (use selection='magnitude')"
+                )
 
     # -- the step -------------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -188,6 +237,8 @@ class SparseOptimizer(Optimizer):
             if value is not None and not math.isfinite(float(value)):
                 raise NonFiniteError(f"loss is {float(value)}; the update was not projected")
         with torch.no_grad():
+            if self.selection == "fisher":
+                self._accumulate_fisher(pools)
             self._project(pools)
         self.steps_taken += 1
         return loss
@@ -209,7 +260,11 @@ class SparseOptimizer(Optimizer):
                 StepPool(pool.params, [], [], budget, pool_state, pool.minimum, pool.structure)
             )
         try:
-            project_(projected, threshold_every=self.threshold_every, kernel=self.kernel)
+            if self.selection == "fisher":
+                for done in projected:
+                    self._project_fisher(done)
+            else:
+                project_(projected, threshold_every=self.threshold_every, kernel=self.kernel)
         except NonFiniteError as exc:
             raise NonFiniteError(
                 f"the base optimizer's update is not finite ({exc}); it was not projected"
@@ -218,14 +273,70 @@ class SparseOptimizer(Optimizer):
             for done in projected:
                 self._zero_state_off_support(done.params, done.state)
 
+    # -- the Fisher selection ---------------------------------------------------------------
+    def second_moment(self, p: Tensor) -> Tensor | None:
+        """F for ``p``: its base optimizer's second moment, else the wrapper's running mean
+        (None before ``p`` has had a gradient)."""
+        state = self.optimizer.state.get(p, {})
+        for key in _SECOND_MOMENTS:
+            value = state.get(key)
+            if isinstance(value, Tensor) and value.shape == p.shape:
+                return value
+        return self.fisher.get(p)
+
+    def _accumulate_fisher(self, pools: list[ParamPool]) -> None:
+        """F <- beta F + (1 - beta) g^2 for the parameters whose base keeps no second moment."""
+        for pool in pools:
+            if pool.sparsity is None:
+                continue
+            for p in pool.params:
+                if p.grad is None:
+                    continue
+                state = self.optimizer.state.get(p, {})
+                if any(isinstance(state.get(key), Tensor) for key in _SECOND_MOMENTS):
+                    continue
+                if p not in self.fisher:
+                    self.fisher[p] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                self.fisher[p].mul_(FISHER_BETA).addcmul_(p.grad, p.grad, value=1 - FISHER_BETA)
+
+    def _project_fisher(self, pool: StepPool) -> None:
+        """theta <- P^F_s(theta) for one pool, in place: the s largest F_i theta_i^2 kept
+        (re-selected every ``threshold_every`` steps; the stored support in between)."""
+        params, budget, state = pool.params, pool.sparsity, pool.state
+        if is_sharded(params):
+            raise InvalidValueError(
+                "selection='fisher' does not take sharded (DTensor) parameters; "
+                "use selection='magnitude'"
+            )
+        theta = flatten(p.detach() for p in params)
+        if not bool(torch.isfinite(theta).all()):
+            raise NonFiniteError("a parameter is not finite; nothing was changed")
+        assert budget is not None  # a dense step of the schedule is not projected
+        if reselects(state, self.threshold_every, theta.numel(), budget):
+            weights = flatten(
+                torch.zeros_like(p) if (f := self.second_moment(p)) is None else f for p in params
+            )
+            sizes = [p.numel() for p in params]
+            state.mask = weighted_top_s_mask(
+                theta, weights, budget, sizes=sizes, minimum=pool.minimum or None
+            )
+            state.threshold = None
+            state.sparsity = budget
+        for p, dropped in zip(params, split_like(state.dropped(), params), strict=True):
+            p.masked_fill_(dropped, 0.0)
+        state.step += 1
+
     def _zero_state_off_support(self, params: list[Tensor], pool_state: PoolState) -> None:
-        """Zero every per-coordinate state tensor of the base optimizer outside the support."""
+        """Zero every per-coordinate state tensor of the base optimizer outside the support
+        (and the wrapper's own running mean of squared gradients)."""
         mask = pool_state.mask
         if mask is None or (self.kernel == "torch" and bool(mask.all())):
             return
         states: list[tuple[int, Tensor, Tensor]] = []  # (offset in the pool, state, parameter)
         offset = 0
         for p in params:
+            if p in self.fisher:
+                states.append((offset, self.fisher[p], p))
             for name, value in self.optimizer.state.get(p, {}).items():
                 if (
                     name != "step"
@@ -257,11 +368,16 @@ class SparseOptimizer(Optimizer):
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict, each pool's :class:`~iht.PoolState`, the clock."""
+        order = {p: i for i, p in enumerate(self._params())}
         return {
             "optimizer": self.optimizer.state_dict(),
             "pools": {key: pool.to_dict() for key, pool in self.pool_states.items()},
             "steps_taken": self.steps_taken,
+            "fisher": {order[p]: f for p, f in self.fisher.items()},
         }
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output: a resumed run continues bit for bit."""
@@ -277,6 +393,22 @@ class SparseOptimizer(Optimizer):
             for key, value in state_dict.get("pools", {}).items()
         }
         self.steps_taken = int(state_dict.get("steps_taken", 0))
+        params = self._params()
+        fisher = state_dict.get("fisher", {})
+        if not isinstance(fisher, dict) or any(
+            not isinstance(i, int)
+            or not 0 <= i < len(params)
+            or not isinstance(f, Tensor)
+            or f.shape != params[i].shape
+            for i, f in fisher.items()
+        ):
+            raise InvalidValueError(
+                "the state dict's 'fisher' entry does not match this optimizer's parameters"
+            )
+        self.fisher = {
+            params[i]: f.to(device=params[i].device, dtype=params[i].dtype, copy=True)
+            for i, f in fisher.items()
+        }
 
 
 def _compiled_applies(tensors: list[Tensor], mask: Tensor | None = None) -> bool:

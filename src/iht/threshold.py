@@ -32,6 +32,7 @@ __all__ = [
     "top_s_mask",
     "top_s_mask_with_minimum",
     "unflatten_",
+    "weighted_top_s_mask",
 ]
 
 
@@ -219,6 +220,37 @@ def top_s_mask_with_minimum(
     keep = forced.clone()
     keep[others[top_s_mask(x[others], rest)]] = True
     return keep
+
+
+def weighted_top_s_mask(
+    z: Tensor,
+    weights: Tensor,
+    s: int,
+    *,
+    sizes: Sequence[int] | None = None,
+    minimum: Sequence[int] | None = None,
+) -> Tensor:
+    r"""The kept set of the projection onto s-sparse vectors in a diagonal norm:
+
+    .. math:: \arg\min_{\|x\|_0 \le s} \sum_i w_i (x_i - z_i)^2, \qquad w_i \ge 0.
+
+    On a support S the best x is z on S, at cost :math:`\sum_{i \notin S} w_i z_i^2`, so the
+    projection keeps the s largest :math:`w_i z_i^2` (with w = 1 this is H_s). With
+    ``minimum`` (one per segment of ``sizes``) the support also keeps at least that many entries
+    of every segment, exactly as :func:`top_s_mask_with_minimum` (whose greedy argument holds
+    for any nonnegative per-entry values). Ties go to the smaller flat index.
+
+    Args:
+        z: flat vector (no NaN).
+        weights: the norm's weights, same shape, finite and >= 0 (negatives count as 0).
+        s: the budget.
+        sizes, minimum: segments and their minimums, as :func:`top_s_mask_with_minimum`.
+    """
+    # sqrt(w)|z| ranks as w z^2 and is what the minimum rule squares.
+    scores = weights.clamp(min=0).sqrt() * z.abs()
+    if minimum is not None:
+        return top_s_mask_with_minimum(scores, s, list(sizes or [z.numel()]), minimum)
+    return top_s_mask(scores, s)
 
 
 def _count_last(mask: Tensor) -> Tensor:

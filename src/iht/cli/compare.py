@@ -23,6 +23,7 @@ from .options import (
     no_report_option,
     out_option,
     overwrite_option,
+    selection_option,
     target_option,
     test_fraction_option,
     threads_option,
@@ -106,6 +107,7 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
     type=click.Choice(SCHEDULES),
     help="IHT's budget schedule.  [default: constant for gd and sgd, cubic otherwise]",
 )
+@selection_option
 @config_option(CompareConfig, "dtype", click.Choice(DTYPES), "The models' precision.")
 @click.option(
     "--validation",

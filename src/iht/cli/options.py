@@ -18,6 +18,7 @@ import click
 from ..data import BUILTIN_DATASETS
 from ..errors import InvalidValueError
 from ..models import ACTIVATIONS, parse_hidden
+from ..sparse_optimizer import SELECTIONS
 
 __all__ = [
     "activation_option",
@@ -34,6 +35,7 @@ __all__ = [
     "overwrite_option",
     "parse_levels",
     "seed_option",
+    "selection_option",
     "target_option",
     "test_fraction_option",
     "threads_option",
@@ -212,5 +214,13 @@ def overwrite_option(help: str) -> Decorator[Any]:
     return click.option("--overwrite", is_flag=True, help=help)
 
 
+selection_option = click.option(
+    "--selection",
+    type=click.Choice(SELECTIONS),
+    help="How the projection after a base optimizer's step picks the support: magnitude "
+    "(H_s, the s largest |theta|) or fisher (the s largest F theta^2, F the running mean of "
+    "squared gradients; entry budgets).  [default: fisher after momentum, adam, adamw; "
+    "magnitude otherwise]",
+)
 no_progress_option = click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 no_report_option = click.option("--no-report", is_flag=True, help="Do not draw the report.")

@@ -24,6 +24,7 @@ from .options import (
     out_option,
     overwrite_option,
     seed_option,
+    selection_option,
     target_option,
     test_fraction_option,
     threads_option,
@@ -135,6 +136,7 @@ __all__ = ["train_command"]
     "steps), cubic (dense to s from 1/6 to 2/3 of the steps), acdc (dense and sparse phases, "
     "ending sparse).  [default: constant for iht and sgd, cubic otherwise]",
 )
+@selection_option
 @threads_option(TrainConfig)
 @out_option("results/train-DATA-MODEL-sSPARSITY-seedSEED")
 @overwrite_option(

@@ -504,6 +504,7 @@ def _train_method(
                 _base_optimizer(config, params, lr),
                 sparsity=s,
                 schedule=schedule_named(schedule, steps),
+                selection=config.iht_selection,
             )
         policy: _Policy = _Policy()
     else:

@@ -16,6 +16,7 @@ from ..errors import InvalidValueError
 from ..lipschitz import DEFAULT_N_SAMPLES
 from ..models import ACTIVATIONS, MODELS
 from ..schedules import SCHEDULES
+from ..sparse_optimizer import SELECTIONS
 from ..structured import parse_nm
 from ..tasks import TASKS
 
@@ -30,6 +31,7 @@ __all__ = [
     "CompareConfig",
     "Recipe",
     "TrainConfig",
+    "default_selection",
     "parse_methods",
     "recipe",
 ]
@@ -95,6 +97,10 @@ class TrainConfig:
             (whole rows of the hidden layers; ``sparsity`` counts rows) or an N:M pattern
             such as ``2:4`` (no ``sparsity``: the pattern is the budget); see
             :func:`iht.budget.plan_structured_budget`.
+        selection: how the projection after a base optimizer's step picks the support:
+            ``magnitude`` (H_s) or ``fisher`` (the s largest F_i theta_i^2, the projection in
+            the diagonal Fisher norm; :class:`iht.SparseOptimizer`); None: the recipe's
+            (:func:`default_selection`).
     """
 
     data: str
@@ -121,6 +127,7 @@ class TrainConfig:
     schedule: str | None = None
     task: str | None = None
     structure: str = "entry"
+    selection: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data.strip():
@@ -145,6 +152,7 @@ class TrainConfig:
             raise InvalidValueError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
+        check_selection(self.selection, self.optimizer or "iht", self.structure)
         if not 0 < self.test_fraction < 1:
             raise InvalidValueError(f"test fraction must be in (0, 1), got {self.test_fraction}")
         if self.seed < 0:
@@ -190,6 +198,36 @@ def check_structure(structure: object, sparsity: object) -> bool:
     return nm
 
 
+def check_selection(selection: str | None, optimizer: str, structure: str) -> None:
+    """Refuse an unknown selection, or the Fisher one where it does not apply."""
+    if selection is None:
+        return
+    if selection not in SELECTIONS:
+        raise InvalidValueError(
+            f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}"
+        )
+    if selection == "fisher" and optimizer in ("iht", "gd"):
+        raise InvalidValueError(
+            f"--selection fisher projects after a base optimizer's step; --optimizer {optimizer} "
+            "is the paper's step (use sgd, momentum, adam or adamw)"
+        )
+    if selection == "fisher" and structure != "entry":
+        raise InvalidValueError(
+            f"--selection fisher takes budgets of entries, not --structure {structure}"
+        )
+
+
+def default_selection(selection: str | None, optimizer: str, structure: str) -> str:
+    """The selection a run takes when none is given: ``fisher`` after momentum, Adam and
+    AdamW on entry budgets (measured on MNIST-1D's CNN: magnitude selection collapses at 95%
+    sparsity), ``magnitude`` otherwise (the paper's H_s; plain SGD + H_s is IHT itself)."""
+    if selection is not None:
+        return selection
+    if optimizer in ("momentum", "adam", "adamw") and structure == "entry":
+        return "fisher"
+    return "magnitude"
+
+
 #: The methods of ``iht compare`` that have a structured form, by structure kind.
 STRUCTURED_METHODS: dict[str, tuple[str, ...]] = {
     "group": ("dense", "oneshot", "gmp", "iht"),
@@ -203,6 +241,7 @@ class Recipe:
 
     optimizer: str
     schedule: str
+    selection: str
     lr: float | None  # None: 1 / L_hat_2s
     steps: int
     batch_size: int | None
@@ -212,9 +251,9 @@ class Recipe:
 def recipe(config: TrainConfig) -> Recipe:
     """The defaults of a run, by model: the paper's IHT for linear models and MLPs (full
     batch, 1 / L_hat_2s, the budget from the start), and for a CNN the recipe measured on
-    MNIST-1D: Adam (lr 1e-2), batches of 100, 6,000 steps, and the budget reached by a cubic
-    schedule from dense (Adam with the budget from the start stayed at chance level there).
-    Anything the config sets wins."""
+    MNIST-1D: Adam (lr 1e-2), batches of 100, 6,000 steps, the budget reached by a cubic
+    schedule from dense (Adam with the budget from the start stayed at chance level there),
+    and the Fisher selection (:func:`default_selection`). Anything the config sets wins."""
     cnn = config.model == "cnn"
     optimizer = config.optimizer or ("adam" if cnn else "iht")
     schedule = config.schedule or ("constant" if optimizer in ("iht", "sgd") else "cubic")
@@ -222,7 +261,8 @@ def recipe(config: TrainConfig) -> Recipe:
     steps = config.steps if config.steps is not None else (6000 if cnn else DEFAULT_STEPS)
     batch = config.batch_size if config.batch_size is not None else (100 if cnn else None)
     every = config.eval_every if config.eval_every is not None else (100 if cnn else 1)
-    return Recipe(optimizer, schedule, lr, steps, batch, every)
+    selection = default_selection(config.selection, optimizer, config.structure)
+    return Recipe(optimizer, schedule, selection, lr, steps, batch, every)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,6 +296,8 @@ class CompareConfig:
         batch_size: rows per step (None: full batch); every method sees the same batches.
         model: ``mlp`` or ``cnn``.
         schedule: IHT's budget schedule (None: ``constant`` for gd and sgd, ``cubic`` else).
+        selection: IHT's support selection after a base optimizer's step (``magnitude`` or
+            ``fisher``; None: :func:`default_selection`).
         dtype: the models' precision.
         validation_fraction: when set, the methods are scored on a validation split carved
             from the training rows (for choosing hyperparameters); the test rows are not
@@ -297,6 +339,7 @@ class CompareConfig:
     rigl_fraction: float = 0.3
     rigl_end: float = 0.75
     structure: str = "entry"
+    selection: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data.strip():
@@ -366,6 +409,7 @@ class CompareConfig:
             )
         if self.gmp_events < 1:
             raise InvalidValueError(f"gmp_events must be >= 1, got {self.gmp_events}")
+        check_selection(self.selection, self.optimizer, self.structure)
         if self.activation not in ACTIVATIONS:
             raise InvalidValueError(
                 f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
@@ -384,6 +428,11 @@ class CompareConfig:
         if self.schedule is not None:
             return self.schedule
         return "constant" if self.optimizer in ("gd", "sgd") else "cubic"
+
+    @property
+    def iht_selection(self) -> str:
+        """IHT's support selection after a base optimizer's step (:func:`default_selection`)."""
+        return default_selection(self.selection, self.optimizer, self.structure)
 
     @property
     def pretrain_steps(self) -> int:

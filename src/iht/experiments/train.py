@@ -840,9 +840,9 @@ def _algorithm(plan: Recipe, mini_batch: bool) -> str:
         return "SIHT (mini-batch IHT)" if mini_batch else "IHT (full batch)"
     names = {"sgd": "SGD", "momentum": "SGD momentum 0.9", "adam": "Adam", "adamw": "AdamW"}
     schedule = "" if plan.schedule == "constant" else f", {plan.schedule} schedule"
-    return (
-        f"{names[plan.optimizer]} + H_s{schedule} ({'mini-batch' if mini_batch else 'full batch'})"
-    )
+    projection = "Fisher projection" if plan.selection == "fisher" else "H_s"
+    batches = "mini-batch" if mini_batch else "full batch"
+    return f"{names[plan.optimizer]} + {projection}{schedule} ({batches})"
 
 
 def _base_optimizer(name: str, lr: float) -> Callable[[Any], torch.optim.Optimizer]:
@@ -863,7 +863,10 @@ def _make_optimizer(
     if plan.optimizer == "iht":
         return budget.optimizer(model, lr=lr)
     return budget.wrap(
-        model, _base_optimizer(plan.optimizer, lr), schedule=schedule_named(plan.schedule, steps)
+        model,
+        _base_optimizer(plan.optimizer, lr),
+        schedule=schedule_named(plan.schedule, steps),
+        selection=plan.selection,
     )
 
 

@@ -1,0 +1,222 @@
+"""The Fisher selection of :class:`iht.SparseOptimizer`: the projection in a diagonal norm is
+exact (brute force over every support), it reuses Adam's second moment, keeps its own running
+mean for other bases, drops entries without gradient signal first, holds the budget at every
+step, honours minimums and ``threshold_every``, and resumes bit for bit."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+import iht
+from iht.errors import InvalidValueError
+from iht.schedules import Cubic
+from iht.sparse_optimizer import FISHER_BETA
+from iht.threshold import weighted_top_s_mask
+
+F64 = torch.float64
+
+
+def _best_support_cost(z: Tensor, w: Tensor, s: int, sizes: list[int], minimum: list[int]) -> float:
+    """min over supports S (|S| <= s, >= minimum[t] in segment t) of sum_{i not in S} w_i z_i^2."""
+    n = z.numel()
+    starts = [sum(sizes[:t]) for t in range(len(sizes))]
+    best = float("inf")
+    for k in range(s + 1):
+        for support in itertools.combinations(range(n), k):
+            if any(
+                sum(a <= i < a + size for i in support) < min(m, size)
+                for a, size, m in zip(starts, sizes, minimum, strict=True)
+            ):
+                continue
+            kept = torch.zeros(n, dtype=torch.bool)
+            kept[list(support)] = True
+            best = min(best, float((w * z * z)[~kept].sum()))
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.floats(-4, 4, allow_nan=False), min_size=1, max_size=7),
+    st.lists(st.floats(0, 3, allow_nan=False), min_size=7, max_size=7),
+    st.integers(0, 7),
+    st.integers(1, 3),
+    st.integers(0, 2),
+)
+def test_weighted_projection_equals_brute_force(
+    values: list[float], weights: list[float], s: int, segments: int, m: int
+) -> None:
+    z = torch.tensor(values, dtype=F64)
+    w = torch.tensor(weights[: len(values)], dtype=F64)
+    n = z.numel()
+    s = min(s, n)
+    sizes = [n // segments + (1 if t < n % segments else 0) for t in range(segments)]
+    sizes = [size for size in sizes if size] or [n]
+    minimum = [m] * len(sizes)
+    if sum(min(m, size) for size in sizes) > s:
+        minimum = [0] * len(sizes)
+    mask = weighted_top_s_mask(z, w, s, sizes=sizes, minimum=minimum)
+    assert int(mask.sum()) == s
+    cost = float((w * z * z)[~mask].sum())
+    assert cost == pytest.approx(_best_support_cost(z, w, s, sizes, minimum), abs=1e-12)
+
+
+def test_unit_weights_give_hard_thresholding() -> None:
+    z = torch.tensor([0.5, -2.0, 1.0, 1.0, -0.1], dtype=F64)
+    mask = weighted_top_s_mask(z, torch.ones_like(z), 2)
+    assert torch.equal(mask, iht.threshold_mask(z, 2))
+
+
+def test_an_entry_without_gradient_signal_goes_before_a_smaller_live_one() -> None:
+    # Optimal Brain Damage's order: a large weight with F = 0 costs nothing to remove.
+    z = torch.tensor([5.0, 0.1, 0.2], dtype=F64)
+    w = torch.tensor([0.0, 1.0, 1.0], dtype=F64)
+    assert weighted_top_s_mask(z, w, 2).tolist() == [False, True, True]
+
+
+def _mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(F64)
+
+
+def _batches(n: int = 40) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(n, 5, generator=gen, dtype=F64)
+    return X, (X @ torch.randn(5, 3, generator=gen, dtype=F64)).argmax(dim=1)
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, rows: slice = slice(None)) -> None:
+    X, y = _batches()
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(X[rows]), y[rows]).backward()
+    opt.step()
+
+
+def _flat(model: nn.Module) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_adam_keeps_the_largest_second_moment_times_square() -> None:
+    model = _mlp()
+    base = torch.optim.Adam(model.parameters(), lr=0.05)
+    opt = iht.SparseOptimizer(base, sparsity=20, selection="fisher", state="keep")
+    for _ in range(3):
+        _step(model, opt)
+    # the next step by hand: Adam's step on a copy, then the 20 largest v * theta^2
+    twin = copy.deepcopy(model)
+    twin_base = torch.optim.Adam(twin.parameters(), lr=0.05)
+    twin_base.load_state_dict(copy.deepcopy(base.state_dict()))  # (it shares tensors)
+    _step(twin, twin_base)
+    v = torch.cat([twin_base.state[p]["exp_avg_sq"].reshape(-1) for p in twin.parameters()])
+    theta = _flat(twin)
+    expected = theta * weighted_top_s_mask(theta, v, 20)
+    _step(model, opt)
+    assert opt.fisher == {}  # Adam's own second moment is used, nothing else is kept
+    assert torch.equal(_flat(model), expected)
+
+
+def test_other_bases_get_a_running_mean_of_squared_gradients() -> None:
+    model = _mlp()
+    opt = iht.SparseOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        sparsity=20,
+        selection="fisher",
+        state="keep",
+    )
+    X, y = _batches()
+    expected = [torch.zeros_like(p) for p in model.parameters()]
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+        for f, p in zip(expected, model.parameters(), strict=True):
+            f.mul_(FISHER_BETA).addcmul_(p.grad, p.grad, value=1 - FISHER_BETA)  # type: ignore[arg-type]
+        opt.step()
+        assert sum(int((p != 0).sum()) for p in model.parameters()) == 20
+    for f, p in zip(expected, model.parameters(), strict=True):
+        assert torch.equal(opt.fisher[p], f)
+
+
+@pytest.mark.parametrize("base", ["adam", "momentum"])
+def test_the_budget_holds_at_every_step_of_a_cubic_schedule(base: str) -> None:
+    model = _mlp()
+    params = list(model.parameters())
+    inner = (
+        torch.optim.Adam(params, lr=0.05)
+        if base == "adam"
+        else torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    )
+    schedule = Cubic(2, 10)
+    opt = iht.SparseOptimizer(inner, sparsity=12, selection="fisher", schedule=schedule)
+    size = sum(p.numel() for p in params)
+    for t in range(16):
+        _step(model, opt, slice(4 * (t % 10), 4 * (t % 10) + 4))
+        budget = schedule.budget(t, 12, size)
+        nonzeros = sum(int((p != 0).sum()) for p in params)
+        assert nonzeros == (size if budget is None else budget)
+        if t >= 10:  # pruned coordinates hold no state: they cannot return through momentum
+            off = [p == 0 for p in params]
+            for p, mask in zip(params, off, strict=True):
+                for value in inner.state[p].values():
+                    if isinstance(value, Tensor) and value.shape == p.shape:
+                        assert not bool(value[mask].any())
+                if p in opt.fisher:
+                    assert not bool(opt.fisher[p][mask].any())
+
+
+def test_a_minimum_per_tensor_and_threshold_every() -> None:
+    model = _mlp()
+    groups = [{"params": [p], "min_nonzeros": 3} for p in model.parameters()]
+    base = torch.optim.Adam(groups, lr=0.05)
+    opt = iht.SparseOptimizer(base, sparsity=14, selection="fisher", threshold_every=3)
+    supports = []
+    for _ in range(7):
+        _step(model, opt)
+        assert all(int((p != 0).sum()) >= 3 for p in model.parameters())
+        assert sum(int((p != 0).sum()) for p in model.parameters()) == 14
+        supports.append(opt.pool_states["global"].mask.clone())  # type: ignore[union-attr]
+    # re-selected at steps 0, 3, 6 only: in between the support is the stored one
+    assert torch.equal(supports[1], supports[0]) and torch.equal(supports[2], supports[0])
+    assert torch.equal(supports[4], supports[3]) and torch.equal(supports[5], supports[3])
+
+
+def test_state_dict_resumes_bit_for_bit() -> None:
+    def make(model: nn.Module) -> iht.SparseOptimizer:
+        base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return iht.SparseOptimizer(base, sparsity=18, selection="fisher", threshold_every=2)
+
+    straight = _mlp()
+    opt = make(straight)
+    for _ in range(9):
+        _step(straight, opt)
+    resumed = _mlp()
+    first = make(resumed)
+    for _ in range(5):
+        _step(resumed, first)
+    saved_model = copy.deepcopy(resumed.state_dict())
+    saved = copy.deepcopy(first.state_dict())
+    again = _mlp(seed=3)
+    again.load_state_dict(saved_model)
+    second = make(again)
+    second.load_state_dict(saved)
+    for _ in range(4):
+        _step(again, second)
+    assert torch.equal(_flat(again), _flat(straight))
+
+
+def test_refusals_name_the_value() -> None:
+    model = _mlp()
+    with pytest.raises(InvalidValueError, match="selection must be one of magnitude, fisher"):
+        iht.SparseOptimizer(torch.optim.Adam(model.parameters()), sparsity=5, selection="saliency")
+    groups = [{"params": [model[0].weight], "structure": "neuron", "sparsity": 4}]
+    with pytest.raises(InvalidValueError, match="selection='fisher' takes budgets of entries"):
+        iht.SparseOptimizer(torch.optim.Adam(groups), sparsity=None, selection="fisher")
+    opt = iht.SparseOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), sparsity=5)
+    bad = opt.state_dict() | {"fisher": {0: torch.zeros(2)}}
+    with pytest.raises(InvalidValueError, match="'fisher' entry does not match"):
+        opt.load_state_dict(bad)
