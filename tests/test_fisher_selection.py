@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import copy
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
+from commands import compare_cli, one_thread, train_cli  # noqa: F401 (the fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -220,3 +222,56 @@ def test_refusals_name_the_value() -> None:
     bad = opt.state_dict() | {"fisher": {0: torch.zeros(2)}}
     with pytest.raises(InvalidValueError, match="'fisher' entry does not match"):
         opt.load_state_dict(bad)
+
+
+def test_the_recipes_take_fisher_after_adam_and_magnitude_for_the_papers_step() -> None:
+    from iht.experiments.config import CompareConfig, TrainConfig, recipe
+
+    cnn = recipe(TrainConfig(data="mnist1d", sparsity=0.1, model="cnn"))
+    assert (cnn.optimizer, cnn.selection) == ("adam", "fisher")
+    assert recipe(TrainConfig(data="digits", sparsity=0.1)).selection == "magnitude"
+    rows = recipe(TrainConfig(data="digits", sparsity=0.1, optimizer="adam", structure="neuron"))
+    assert rows.selection == "magnitude"  # structured budgets project by their own map
+    assert CompareConfig(data="iris", sparsity="5").iht_selection == "magnitude"
+    assert CompareConfig(data="iris", sparsity="5", optimizer="momentum").iht_selection == "fisher"
+    chosen = CompareConfig(data="iris", sparsity="5", optimizer="adam", selection="magnitude")
+    assert chosen.iht_selection == "magnitude"
+
+
+def test_the_commands_refuse_fisher_where_it_does_not_apply(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = train_cli(
+        capsys,
+        tmp_path / "a",
+        "--data",
+        "iris",
+        "--sparsity",
+        "5",
+        "--selection",
+        "fisher",
+        code=2,
+    )
+    assert out.strip().splitlines() == [
+        "iht: error: --selection fisher projects after a base optimizer's step; --optimizer "
+        "iht is the paper's step (use sgd, momentum, adam or adamw)"
+    ]
+    out = compare_cli(
+        capsys,
+        tmp_path / "b",
+        "--data",
+        "iris",
+        "--sparsity",
+        "5",
+        "--optimizer",
+        "adam",
+        "--structure",
+        "neuron",
+        "--hidden",
+        "4",
+        "--selection",
+        "fisher",
+        code=2,
+    )
+    assert "--selection fisher takes budgets of entries, not --structure neuron" in out
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
