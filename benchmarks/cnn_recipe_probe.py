@@ -6,7 +6,9 @@ VARIANT is ``iht`` then comma-separated options: ``alloc=global|erk|uniform|prop
 ``budgeted=all|weights`` (weights: biases dense, s still counting them), ``mpt=N`` (minimum
 nonzeros per tensor), ``sched=constant|warmup|cubic|acdc``, ``start=sparse`` (a random support
 of each pool's budget before the first step, as RigL), ``every=K`` (``threshold_every``),
-``state=zero|keep``, ``log=1`` (training accuracy every 1,000 steps). E.g.
+``state=zero|keep``, ``select=magnitude|fisher`` (the projection's selection, default
+magnitude), ``log=1`` (training accuracy every 1,000 steps, and how many entries entered
+the support since the last line). E.g.
 
     python benchmarks/cnn_recipe_probe.py iht,alloc=erk,sched=constant,start=sparse 0.05 0 0.03
 
@@ -89,15 +91,24 @@ def main() -> None:
         schedule=schedule_named(opts.get("sched", "cubic"), STEPS),
         threshold_every=int(opts.get("every", 1)),
         state=opts.get("state", "zero"),
+        selection=opts.get("select", "magnitude"),
     )
     batches = problem.batches()
     start = time.perf_counter()
+    support = torch.cat([p.detach().reshape(-1) != 0 for p in model.parameters()])
+    entered = 0
     for t in range(STEPS):
         optimizer.zero_grad(set_to_none=True)
         problem.loss(model, next(batches)).backward()
         optimizer.step()
-        if opts.get("log") and t % 1000 == 999:
-            print(f"step {t + 1}: training accuracy {problem.evaluate(model)['train_acc']:.3f}")
+        if opts.get("log"):
+            now = torch.cat([p.detach().reshape(-1) != 0 for p in model.parameters()])
+            entered += int((now & ~support).sum())
+            support = now
+            if t % 1000 == 999:
+                accuracy = problem.evaluate(model)["train_acc"]
+                print(f"step {t + 1}: training accuracy {accuracy:.3f}, {entered} entered")
+                entered = 0
     metrics = problem.evaluate(model)
     counts = [int((p != 0).sum()) for p in model.parameters()]
     print(

@@ -17,13 +17,19 @@ def _meta_model() -> nn.Module:
     return nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)).to("meta")
 
 
-@pytest.mark.parametrize("kind", ["iht", "adamw", "per-layer"])
+@pytest.mark.parametrize("kind", ["iht", "adamw", "per-layer", "fisher", "fisher-momentum"])
 def test_the_step_runs_on_the_meta_device_and_makes_nothing_elsewhere(kind: str) -> None:
     model = _meta_model()
     if kind == "iht":
         opt: torch.optim.Optimizer = iht.IHT(model.parameters(), lr=0.1, sparsity=20)
     elif kind == "adamw":
         opt = iht.SparseOptimizer(torch.optim.AdamW(model.parameters(), lr=0.1), sparsity=20)
+    elif kind == "fisher":
+        base: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        opt = iht.SparseOptimizer(base, sparsity=20, selection="fisher")
+    elif kind == "fisher-momentum":  # the wrapper's own running mean of squared gradients
+        base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        opt = iht.SparseOptimizer(base, sparsity=20, selection="fisher")
     else:
         opt = iht.plan_budget(model, 20, per_layer=True).optimizer(model, lr=0.1)
     for _ in range(2):
@@ -49,7 +55,7 @@ def test_the_cuda_mask_equals_the_cpu_mask_with_ties() -> None:  # pragma: no co
 
 
 @CUDA
-@pytest.mark.parametrize("kind", ["iht", "adamw"])
+@pytest.mark.parametrize("kind", ["iht", "adamw", "fisher"])
 def test_a_cuda_run_equals_the_cpu_run(kind: str) -> None:  # pragma: no cover - no GPU
     def run(device: str) -> list[torch.Tensor]:
         torch.manual_seed(0)
@@ -61,7 +67,8 @@ def test_a_cuda_run_equals_the_cpu_run(kind: str) -> None:  # pragma: no cover -
             opt: torch.optim.Optimizer = iht.IHT(model.parameters(), lr=0.3, sparsity=40)
         else:
             base = torch.optim.AdamW(model.parameters(), lr=1e-2)
-            opt = iht.SparseOptimizer(base, sparsity=40)
+            selection = "fisher" if kind == "fisher" else "magnitude"
+            opt = iht.SparseOptimizer(base, sparsity=40, selection=selection)
         for _ in range(20):
             opt.zero_grad()
             nn.functional.cross_entropy(model(X), y).backward()
