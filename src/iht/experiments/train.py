@@ -179,6 +179,7 @@ class TrainingInfo:
     optimizer: str = "iht"
     schedule: str = "constant"
     batch_size: int | None = None
+    selection: str = "magnitude"
 
 
 @dataclass(frozen=True)
@@ -539,6 +540,7 @@ def _train(
             optimizer=plan.optimizer,
             schedule=plan.schedule,
             batch_size=plan.batch_size,
+            selection=plan.selection,
         ),
         seeds=seeds,
         versions={"iht": __version__, "torch": torch.__version__},

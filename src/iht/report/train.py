@@ -101,9 +101,14 @@ def summary_lines(run: TrainResult, report: Path | None, elapsed: float) -> list
         f"{certificate['residual']:.2e}, tie={certificate['tie']}",
     ]
     if record.training.optimizer != "iht":
+        chosen = (
+            " and kept the entries of largest Fisher saliency"
+            if record.training.selection == "fisher"
+            else ""
+        )
         lines.append(
             f"  (the certificate tests IHT's fixed point theta = H_s(theta - lr grad f) with lr "
-            f"{lr.value:.4g}; this run took {record.training.optimizer} steps)"
+            f"{lr.value:.4g}; this run took {record.training.optimizer} steps{chosen})"
         )
     if not certificate["stable"]:
         lines.append(f"  not HT-stable: {'; '.join(instability_reasons(certificate))}")
