@@ -15,8 +15,8 @@ Every method gets the same data, splits, initialisation, base optimizer (Adam), 
 - dense (no budget), one-shot magnitude pruning at mid-run then fine-tuning, gradual
   magnitude pruning (cubic, 1/6 to 2/3 of the run), L1 (proximal, lambda 1e-3) then pruning,
   RigL (ERK, drop/grow every 100 steps, 0.3 cosine-decayed, to 3/4 of the run), and IHT's
-  recipe (Adam + H_s on a cubic schedule from dense, 1/6 to 2/3 of the run, exact at every
-  step).
+  recipe (Adam + the Fisher projection, ``iht compare``'s default after Adam, on a cubic
+  schedule from dense, 1/6 to 2/3 of the run, exact at every step).
 - Tuning, the same for every method: the learning rate from {3e-3, 1e-2, 3e-2}, chosen by
   the median validation accuracy of seeds 0 and 1 at 90% sparsity, on 20% of the training
   rows held out (the test rows are never used for it).
