@@ -9,7 +9,9 @@ Model: Linear(784, W) -> ReLU -> Linear(W, W) -> ReLU -> Linear(W, W) -> ReLU ->
 Bases: SGD with momentum 0.9 and AdamW (torch's default foreach implementations); each is
 timed alone and wrapped in ``iht.SparseOptimizer`` at s = density * P: projecting every step
 (the compiled kernel, the default at this size, with the base's state zeroed off the
-support), every 10 steps, and with ``state="keep"`` (no zeroing). Each variant trains its own
+support), every 10 steps, with ``state="keep"`` (no zeroing), and with
+``selection="fisher"`` (the s largest F theta^2: Adam's second moment, or for SGD the
+wrapper's own running mean of squared gradients). Each variant trains its own
 copy; the variants take turns step by step (see ``timing.interleaved``); the overhead of a
 round is against its base's time in the same round; medians over rounds.
 """
@@ -67,6 +69,9 @@ def main() -> None:
         " + IHT every 10": lambda base: iht.SparseOptimizer(base, sparsity=s, threshold_every=10),
         " + IHT every 1, state kept": lambda base: iht.SparseOptimizer(
             base, sparsity=s, state="keep"
+        ),
+        " + IHT every 1, Fisher": lambda base: iht.SparseOptimizer(
+            base, sparsity=s, selection="fisher"
         ),
     }
     runs: dict[str, tuple[nn.Module, torch.optim.Optimizer, str]] = {}

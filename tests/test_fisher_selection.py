@@ -275,3 +275,55 @@ def test_the_commands_refuse_fisher_where_it_does_not_apply(
     )
     assert "--selection fisher takes budgets of entries, not --structure neuron" in out
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("size", [300, 70_000])  # 70,000: top_s_mask's compiled selection
+def test_the_one_buffer_scores_equal_the_reference_projection(size: int) -> None:
+    gen = torch.Generator().manual_seed(size)
+    params = [torch.randn(size // 2, generator=gen, dtype=F64, requires_grad=True) for _ in "ab"]
+    base = torch.optim.Adam(params, lr=0.01)
+    opt = iht.SparseOptimizer(base, sparsity=size // 7, selection="fisher", state="keep")
+    for _ in range(2):
+        before = [p.detach().clone() for p in params]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=F64)
+        twin = [b.clone().requires_grad_() for b in before]
+        twin_base = torch.optim.Adam(twin, lr=0.01)
+        twin_base.load_state_dict(copy.deepcopy(base.state_dict()))
+        for t, p in zip(twin, params, strict=True):
+            t.grad = p.grad.clone()  # type: ignore[union-attr]
+        twin_base.step()
+        theta = torch.cat([t.detach() for t in twin])
+        v = torch.cat([twin_base.state[t]["exp_avg_sq"] for t in twin])
+        opt.step()
+        assert torch.equal(
+            torch.cat([p.detach() for p in params]),
+            theta * weighted_top_s_mask(theta, v, size // 7),
+        )
+
+
+def test_scores_that_overflow_fall_back_to_the_reference() -> None:
+    # float32: theta_0^2 = 9e38 overflows, so F theta^2 would rank entry 0 first; in
+    # sqrt(F)|theta| (the reference, no overflow) it is third: 9.5e16 < 9.5e17 < 3.2e18.
+    theta = torch.tensor([3e19, 1e18, 1e18, 1.0], dtype=torch.float32)
+    p = theta.clone().requires_grad_()
+    opt = iht.SparseOptimizer(torch.optim.SGD([p], lr=0.0), sparsity=2, selection="fisher")
+    p.grad = torch.tensor([0.1, 100.0, 30.0, 1.0])
+    opt.step()  # F = (1 - beta) g^2 = 1e-5, 10, 0.9, 1e-3
+    expected = weighted_top_s_mask(theta.double(), opt.fisher[p].double(), 2)
+    assert expected.tolist() == [False, True, True, False]
+    assert torch.equal(p.detach() != 0, expected)
+
+
+def test_a_non_finite_update_between_selections_is_refused() -> None:
+    p = torch.ones(6, dtype=F64, requires_grad=True)
+    opt = iht.SparseOptimizer(
+        torch.optim.SGD([p], lr=1.0), sparsity=3, selection="fisher", threshold_every=5
+    )
+    p.grad = torch.arange(6, dtype=F64)
+    opt.step()  # selects
+    p.grad = torch.full((6,), 1e308, dtype=F64)
+    with torch.no_grad():
+        p.mul_(1e308)  # the next base step leaves inf in the stored support
+    with pytest.raises(iht.NonFiniteError):
+        opt.step()

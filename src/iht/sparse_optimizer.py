@@ -39,6 +39,7 @@ a dead ReLU) scores 0 and goes first; on deep nets this keeps a budget from star
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -66,6 +67,8 @@ from .threshold import (
     flatten,
     refuse_repeated,
     split_like,
+    top_s_mask,
+    top_s_mask_with_minimum,
     weighted_top_s_mask,
 )
 
@@ -308,23 +311,51 @@ class SparseOptimizer(Optimizer):
                 "selection='fisher' does not take sharded (DTensor) parameters; "
                 "use selection='magnitude'"
             )
-        theta = flatten(p.detach() for p in params)
-        if theta.device.type != "meta" and not bool(torch.isfinite(theta).all()):
-            raise NonFiniteError("a parameter is not finite")
         assert budget is not None  # a dense step of the schedule is not projected
-        if reselects(state, self.threshold_every, theta.numel(), budget):
-            weights = flatten(
-                torch.zeros_like(p) if (f := self.second_moment(p)) is None else f for p in params
-            )
-            sizes = [p.numel() for p in params]
-            state.mask = weighted_top_s_mask(
-                theta, weights, budget, sizes=sizes, minimum=pool.minimum or None
-            )
+        if reselects(state, self.threshold_every, sum(p.numel() for p in params), budget):
+            state.mask = self._fisher_mask(params, budget, pool.minimum)
             state.threshold = None
             state.sparsity = budget
+        elif params[0].device.type != "meta":  # the stored support: theta still checked
+            norms = torch.stack(
+                [torch.linalg.vector_norm(p.detach(), ord=math.inf) for p in params]
+            )
+            if not bool(torch.isfinite(norms).all()):
+                raise NonFiniteError("a parameter is not finite")
         for p, dropped in zip(params, split_like(state.dropped(), params), strict=True):
             p.masked_fill_(dropped, 0.0)
         state.step += 1
+
+    def _fisher_mask(self, params: list[Tensor], budget: int, minimum: list[int] | None) -> Tensor:
+        """The kept set of P^F_s: the ``budget`` largest F_i theta_i^2 of the pool.
+
+        The scores are written once into one buffer (theta^2 then times F: two passes, no
+        flat copies of theta and F); where that overflows, or theta is not finite, the
+        reference :func:`iht.threshold.weighted_top_s_mask` (sqrt(F) |theta|) decides.
+        """
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
+        scores = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
+        at = 0
+        for p in params:
+            part = scores[at : at + p.numel()].view(p.shape)
+            at += p.numel()
+            weight = self.second_moment(p)
+            if weight is None:
+                part.zero_()
+            else:
+                torch.mul(p.detach(), p.detach(), out=part).mul_(weight)
+        sizes = [p.numel() for p in params]
+        if scores.device.type != "meta" and not bool(torch.isfinite(scores).all()):
+            theta = flatten(p.detach() for p in params)
+            if not bool(torch.isfinite(theta).all()):
+                raise NonFiniteError("a parameter is not finite")
+            weights = flatten(
+                torch.zeros_like(p) if (f := self.second_moment(p)) is None else f for p in params
+            )
+            return weighted_top_s_mask(theta, weights, budget, sizes=sizes, minimum=minimum)
+        if minimum:
+            return top_s_mask_with_minimum(scores, budget, sizes, minimum)
+        return top_s_mask(scores, budget)
 
     def _zero_state_off_support(self, params: list[Tensor], pool_state: PoolState) -> None:
         """Zero every per-coordinate state tensor of the base optimizer outside the support
