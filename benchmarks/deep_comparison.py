@@ -5,7 +5,9 @@
     python benchmarks/deep_comparison.py --setting digits-mlp
     python benchmarks/deep_comparison.py --table results/deep     # print the tables + figure
 
-``--methods rigl,iht`` runs a subset (the others' stored runs are kept and shown).
+``--methods rigl,iht`` runs a subset (the others' stored runs are kept and shown);
+``--methods iht --selection magnitude`` runs IHT's recipe with H_s instead of the Fisher
+selection, stored and shown as ``iht-magnitude``.
 
 Settings: MNIST-1D (4,000 / 1,000, generated offline) with the benchmark's CNN (P = 5,210) or
 an MLP 40-100-100-10 (P = 15,210); digits (scikit-learn, 80/20 split) with an MLP 64-64-10.
@@ -49,6 +51,8 @@ SETTINGS = {
 }
 METHODS = ("dense", "oneshot", "gmp", "l1", "rigl", "iht")
 PEERS = ("pat",)  # outside peers that other scripts add (torchao_pat.py)
+#: IHT's recipe with the magnitude selection (H_s) instead of the Fisher one: --selection magnitude
+MAGNITUDE = "iht-magnitude"
 LRS = (3e-3, 1e-2, 3e-2)
 DENSITIES = (0.2, 0.1, 0.05, 0.02)
 TUNE_DENSITY, TUNE_SEEDS, SEEDS = 0.1, 2, 3
@@ -81,27 +85,42 @@ def _append(path: Path, frame: pd.DataFrame) -> None:
     tmp.replace(path)
 
 
-def run(setting: str, out: Path, methods: tuple[str, ...] = METHODS) -> None:
+def _label(method: str, selection: str | None) -> str:
+    """The name a method's rows are stored under (IHT with H_s is told apart)."""
+    return MAGNITUDE if method == "iht" and selection == "magnitude" else method
+
+
+def run(
+    setting: str, out: Path, methods: tuple[str, ...] = METHODS, selection: str | None = None
+) -> None:
     torch.set_num_threads(1)
+    extra = {} if selection is None else {"selection": selection}
     directory = out / setting
     directory.mkdir(parents=True, exist_ok=True)
     tuning_path, runs_path = directory / "tuning.parquet", directory / "runs.parquet"
     tuned = pd.read_parquet(tuning_path) if tuning_path.exists() else pd.DataFrame()
     for method in methods:
+        label = _label(method, selection)
         for lr in LRS:
-            if len(tuned) and ((tuned["method"] == method) & (tuned["lr"] == lr)).any():
+            if len(tuned) and ((tuned["method"] == label) & (tuned["lr"] == lr)).any():
                 continue
             start = time.perf_counter()
             config = _config(
-                setting, method, lr, str(TUNE_DENSITY), TUNE_SEEDS, validation_fraction=0.2
+                setting,
+                method,
+                lr,
+                str(TUNE_DENSITY),
+                TUNE_SEEDS,
+                validation_fraction=0.2,
+                **extra,
             )
             try:
                 frame = run_compare(config).frame
-                frame = frame[frame["method"] == method]
+                frame = frame[frame["method"] == method].assign(method=label)
             except NonFiniteError:  # a diverged lr is a candidate that lost, not a crash
                 frame = pd.DataFrame(
                     {
-                        "method": [method] * TUNE_SEEDS,
+                        "method": [label] * TUNE_SEEDS,
                         "lr": lr,
                         "test_acc": 0.0,
                         "seed": range(TUNE_SEEDS),
@@ -111,33 +130,36 @@ def run(setting: str, out: Path, methods: tuple[str, ...] = METHODS) -> None:
             tuned = pd.read_parquet(tuning_path)
             acc = statistics.median(frame["test_acc"])
             print(
-                f"{setting} tune {method:8s} lr {lr:g}: validation acc {acc:.3f} ({time.perf_counter() - start:.0f} s)",
+                f"{setting} tune {label:8s} lr {lr:g}: validation acc {acc:.3f} ({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
+    labels = {_label(m, selection): m for m in methods}
     best = {
-        str(m): float(g.groupby("lr")["test_acc"].median().idxmax())  # type: ignore[arg-type]
+        labels[str(m)]: float(g.groupby("lr")["test_acc"].median().idxmax())  # type: ignore[arg-type]
         for m, g in tuned.groupby("method")
-        if m in methods
+        if m in labels
     }
     print(f"{setting}: chosen lr {best}", flush=True)
     done = pd.read_parquet(runs_path) if runs_path.exists() else pd.DataFrame()
     for method in methods:
-        if len(done) and (done["method"] == method).any():
+        label = _label(method, selection)
+        if len(done) and (done["method"] == label).any():
             continue
         sparsity = ",".join(str(d) for d in DENSITIES)
         start = time.perf_counter()
-        frame = run_compare(_config(setting, method, best[method], sparsity, SEEDS)).frame
-        frame = frame[frame["method"] == method].assign(setting=setting)
+        config = _config(setting, method, best[method], sparsity, SEEDS, **extra)
+        frame = run_compare(config).frame
+        frame = frame[frame["method"] == method].assign(setting=setting, method=label)
         _append(runs_path, frame)
         done = pd.read_parquet(runs_path)
         print(
-            f"{setting} {method}: {len(frame)} runs in {time.perf_counter() - start:.0f} s",
+            f"{setting} {label}: {len(frame)} runs in {time.perf_counter() - start:.0f} s",
             flush=True,
         )
 
 
 def _methods(runs: pd.DataFrame) -> list[str]:
-    return [m for m in (*METHODS[1:], *PEERS) if (runs["method"] == m).any()]
+    return [m for m in (*METHODS[1:], MAGNITUDE, *PEERS) if (runs["method"] == m).any()]
 
 
 def table(out: Path) -> None:
@@ -225,6 +247,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/deep"))
     parser.add_argument("--table", type=Path, help="print the tables of a results folder")
     parser.add_argument(
+        "--selection",
+        choices=("magnitude", "fisher"),
+        help=f"IHT's selection (default: iht compare's); magnitude is stored as {MAGNITUDE}",
+    )
+    parser.add_argument(
         "--methods",
         default=",".join(METHODS),
         help="comma-separated subset of the methods to run (default: all)",
@@ -237,7 +264,7 @@ def main() -> None:
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
             parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-        run(args.setting, args.out, methods)
+        run(args.setting, args.out, methods, args.selection)
     else:
         parser.error("give --setting or --table")
 
