@@ -327,3 +327,54 @@ def test_a_non_finite_update_between_selections_is_refused() -> None:
         p.mul_(1e308)  # the next base step leaves inf in the stored support
     with pytest.raises(iht.NonFiniteError):
         opt.step()
+
+
+@pytest.mark.parametrize("base", ["adam", "momentum"])
+def test_the_compiled_fisher_projection_equals_the_torch_one(base: str) -> None:
+    def run(kernel: str) -> list[Tensor]:
+        gen = torch.Generator().manual_seed(7)
+        params = [
+            torch.randn(300, 250, generator=gen, dtype=F64, requires_grad=True),
+            torch.randn(300, generator=gen, dtype=F64, requires_grad=True),
+        ]
+        inner = (
+            torch.optim.Adam(params, lr=0.01)
+            if base == "adam"
+            else torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        )
+        opt = iht.SparseOptimizer(
+            inner, sparsity=9_000, selection="fisher", kernel=kernel, threshold_every=2
+        )
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=F64)
+            opt.step()
+        states = [v for p in params for v in inner.state[p].values() if v.shape == p.shape]
+        return [p.detach() for p in params] + states + list(opt.fisher.values())
+
+    for a, b in zip(run("compiled"), run("torch"), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_every_pool_is_checked_before_any_is_projected() -> None:
+    first = torch.ones(8, dtype=F64, requires_grad=True)
+    second = torch.ones(8, dtype=F64, requires_grad=True)
+    groups = [{"params": [first], "sparsity": 2}, {"params": [second], "sparsity": 2}]
+    opt = iht.SparseOptimizer(torch.optim.SGD(groups, lr=1.0), sparsity=None, selection="fisher")
+    first.grad = torch.linspace(-1, 1, 8, dtype=F64)
+    second.grad = torch.full((8,), -1e308, dtype=F64)
+    with torch.no_grad():
+        second.mul_(1e308)  # the base step overflows the second pool only
+    with pytest.raises(iht.NonFiniteError, match="it was not projected"):
+        opt.step()
+    assert int((first != 0).sum()) == 7  # the base's update, not projected (one exact zero)
+
+
+def test_a_float64_gradient_beyond_float32s_range_is_finite() -> None:
+    # The gradient check read max-norms in float32: 1e300 became inf and was refused.
+    p = torch.zeros(4, dtype=F64, requires_grad=True)
+    opt = iht.SparseOptimizer(torch.optim.SGD([p], lr=1e-300), sparsity=2)
+    p.grad = torch.tensor([1e300, -2e300, 0.0, 3e300], dtype=F64)
+    opt.step()
+    assert p.detach().tolist() == pytest.approx([0.0, 2.0, 0.0, -3.0], rel=1e-15)
+    assert (p != 0).tolist() == [False, True, False, True]

@@ -40,9 +40,10 @@ a dead ReLU) scores 0 and goes first; on deep nets this keeps a budget from star
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -168,6 +169,7 @@ class SparseOptimizer(Optimizer):
         #: The running mean of squared gradients of parameters whose base optimizer keeps
         #: none (``selection="fisher"`` only), by parameter.
         self.fisher: dict[Tensor, Tensor] = {}
+        self._scratch: dict[str, Tensor] = {}  # each pool's score buffer (Fisher selection)
         self.pool_states: dict[str, PoolState] = {}
         #: Steps taken: the schedule's clock.
         self.steps_taken = 0
@@ -248,6 +250,7 @@ class SparseOptimizer(Optimizer):
 
     def _project(self, pools: list[ParamPool]) -> None:
         projected: list[StepPool] = []
+        keys: list[str] = []
         for pool in pools:
             if pool.sparsity is None or not pool.params:
                 continue
@@ -262,10 +265,10 @@ class SparseOptimizer(Optimizer):
             projected.append(
                 StepPool(pool.params, [], [], budget, pool_state, pool.minimum, pool.structure)
             )
+            keys.append(pool.key)
         try:
             if self.selection == "fisher":
-                for done in projected:
-                    self._project_fisher(done)
+                self._project_fisher(projected, keys)
             else:
                 project_(projected, threshold_every=self.threshold_every, kernel=self.kernel)
         except NonFiniteError as exc:
@@ -302,39 +305,78 @@ class SparseOptimizer(Optimizer):
                     self.fisher[p] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                 self.fisher[p].mul_(FISHER_BETA).addcmul_(p.grad, p.grad, value=1 - FISHER_BETA)
 
-    def _project_fisher(self, pool: StepPool) -> None:
-        """theta <- P^F_s(theta) for one pool, in place: the s largest F_i theta_i^2 kept
-        (re-selected every ``threshold_every`` steps; the stored support in between)."""
-        params, budget, state = pool.params, pool.sparsity, pool.state
-        if is_sharded(params):
-            raise InvalidValueError(
-                "selection='fisher' does not take sharded (DTensor) parameters; "
-                "use selection='magnitude'"
+    def _project_fisher(self, pools: list[StepPool], keys: list[str]) -> None:
+        """theta <- P^F_s(theta) for every pool, in place: the s largest F_i theta_i^2 kept
+        (re-selected every ``threshold_every`` steps; the stored support in between). Every
+        pool is selected and checked before any is written."""
+        selected: list[tuple[StepPool, Tensor | None, bool]] = []
+        for pool, key in zip(pools, keys, strict=True):
+            params, budget, state = pool.params, pool.sparsity, pool.state
+            if is_sharded(params):
+                raise InvalidValueError(
+                    "selection='fisher' does not take sharded (DTensor) parameters; "
+                    "use selection='magnitude'"
+                )
+            assert budget is not None  # a dense step of the schedule is not projected
+            size = sum(p.numel() for p in params)
+            # As for H_s: parallel compiled passes pay off from COMPILED_MIN_SIZE entries on.
+            large = self.kernel == "compiled" or (
+                self.kernel == "auto" and size >= COMPILED_MIN_SIZE
             )
-        assert budget is not None  # a dense step of the schedule is not projected
-        if reselects(state, self.threshold_every, sum(p.numel() for p in params), budget):
-            state.mask = self._fisher_mask(params, budget, pool.minimum)
-            state.threshold = None
-            state.sparsity = budget
-        elif params[0].device.type != "meta":  # the stored support: theta still checked
-            norms = torch.stack(
-                [torch.linalg.vector_norm(p.detach(), ord=math.inf) for p in params]
-            )
-            if not bool(torch.isfinite(norms).all()):
+            compiled = large and _compiled_applies(params)
+            mask = None
+            if reselects(state, self.threshold_every, size, budget):
+                scores = self._scores_buffer(key, params)
+                mask = self._fisher_mask(params, scores, budget, pool.minimum, compiled=compiled)
+            elif not _all_finite(params, compiled=compiled):  # the stored support, checked
                 raise NonFiniteError("a parameter is not finite")
-        for p, dropped in zip(params, split_like(state.dropped(), params), strict=True):
-            p.masked_fill_(dropped, 0.0)
-        state.step += 1
+            selected.append((pool, mask, compiled))
+        for pool, mask, compiled in selected:
+            params, state = pool.params, pool.state
+            if mask is not None:
+                state.mask, state.threshold, state.sparsity = mask, None, pool.sparsity
+            if compiled:
+                from ._kernels import iht_step as kernels
 
-    def _fisher_mask(self, params: list[Tensor], budget: int, minimum: list[int] | None) -> Tensor:
+                offsets = itertools.accumulate((p.numel() for p in params[:-1]), initial=0)
+                kept = cast(Tensor, state.mask)
+                kernels.zero_off_mask_(list(zip(offsets, params, strict=True)), kept)
+            else:
+                for p, dropped in zip(params, split_like(state.dropped(), params), strict=True):
+                    p.masked_fill_(dropped, 0.0)
+            state.step += 1
+
+    def _scores_buffer(self, key: str, params: list[Tensor]) -> Tensor:
+        """A pool's flat scratch buffer for the scores, kept between steps (a new 40 MB buffer
+        every step of a 10M pool costs its page faults: ~10 ms here)."""
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
+        size, device = sum(p.numel() for p in params), params[0].device
+        buffer = self._scratch.get(key)
+        if (
+            buffer is None
+            or buffer.numel() != size
+            or buffer.dtype != dtype
+            or buffer.device != device
+        ):
+            buffer = self._scratch[key] = torch.empty(size, dtype=dtype, device=device)
+        return buffer
+
+    def _fisher_mask(
+        self,
+        params: list[Tensor],
+        scores: Tensor,
+        budget: int,
+        minimum: list[int] | None,
+        *,
+        compiled: bool,
+    ) -> Tensor:
         """The kept set of P^F_s: the ``budget`` largest F_i theta_i^2 of the pool.
 
         The scores are written once into one buffer (theta^2 then times F: two passes, no
-        flat copies of theta and F); where that overflows, or theta is not finite, the
-        reference :func:`iht.threshold.weighted_top_s_mask` (sqrt(F) |theta|) decides.
+        flat copies of theta and F) and selected in place by the compiled threshold when
+        ``compiled``; where they overflow, or theta is not finite, the reference
+        :func:`iht.threshold.weighted_top_s_mask` (sqrt(F) |theta|) decides.
         """
-        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
-        scores = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
         at = 0
         for p in params:
             part = scores[at : at + p.numel()].view(p.shape)
@@ -345,9 +387,9 @@ class SparseOptimizer(Optimizer):
             else:
                 torch.mul(p.detach(), p.detach(), out=part).mul_(weight)
         sizes = [p.numel() for p in params]
-        if scores.device.type != "meta" and not bool(torch.isfinite(scores).all()):
+        if not _all_finite([scores], compiled=compiled):
             theta = flatten(p.detach() for p in params)
-            if not bool(torch.isfinite(theta).all()):
+            if not _all_finite([theta], compiled=False):
                 raise NonFiniteError("a parameter is not finite")
             weights = flatten(
                 torch.zeros_like(p) if (f := self.second_moment(p)) is None else f for p in params
@@ -355,6 +397,12 @@ class SparseOptimizer(Optimizer):
             return weighted_top_s_mask(theta, weights, budget, sizes=sizes, minimum=minimum)
         if minimum:
             return top_s_mask_with_minimum(scores, budget, sizes, minimum)
+        if compiled and 0 < budget < scores.numel():
+            from ._kernels import iht_step as kernels
+
+            keep = kernels.threshold_flat_(scores, budget)  # the buffer is ours: in place
+            if keep is not None:
+                return keep
         return top_s_mask(scores, budget)
 
     def _zero_state_off_support(self, params: list[Tensor], pool_state: PoolState) -> None:
@@ -451,6 +499,21 @@ def _compiled_applies(tensors: list[Tensor], mask: Tensor | None = None) -> bool
     )
 
 
+def _all_finite(tensors: list[Tensor], *, compiled: bool) -> bool:
+    """Whether every entry is finite: one parallel compiled count, or one max-norm per tensor
+    read back together (NaN or inf exactly when an entry is); True on ``meta`` (no values)."""
+    if not tensors or tensors[0].device.type == "meta":
+        return True
+    if compiled:
+        from ._kernels import iht_step as kernels
+
+        return kernels.nonfinite_count(tensors, [None] * len(tensors), [0.0] * len(tensors)) == 0
+    norms = torch.stack(
+        [torch.linalg.vector_norm(t.detach(), ord=math.inf).double() for t in tensors]
+    )
+    return bool(torch.isfinite(norms).all())
+
+
 def _check_gradients(params: Iterable[Tensor], kernel: str) -> None:
     """Raise NonFiniteError, naming the tensor, on a NaN or infinite gradient (nothing done).
 
@@ -474,7 +537,8 @@ def _check_gradients(params: Iterable[Tensor], kernel: str) -> None:
 
         if kernels.nonfinite_count(grads, [None] * len(grads), [0.0] * len(grads)) == 0:
             return
-    norms = torch.stack([torch.linalg.vector_norm(g, ord=math.inf).float() for g in grads])
+    # in float64: a float64 gradient beyond float32's range is finite, not inf
+    norms = torch.stack([torch.linalg.vector_norm(g, ord=math.inf).double() for g in grads])
     finite = torch.isfinite(norms)
     if not bool(finite.all()):
         bad = grads[int((~finite).nonzero()[0])]
