@@ -229,6 +229,10 @@ def test_the_recipes_take_fisher_after_adam_and_magnitude_for_the_papers_step() 
 
     cnn = recipe(TrainConfig(data="mnist1d", sparsity=0.1, model="cnn"))
     assert (cnn.optimizer, cnn.selection) == ("adam", "fisher")
+    # a CNN's optimizer is Adam unless given: either selection may be asked for
+    for selection in ("fisher", "magnitude"):
+        asked = TrainConfig(data="mnist1d", sparsity=0.1, model="cnn", selection=selection)
+        assert recipe(asked).selection == selection
     assert recipe(TrainConfig(data="digits", sparsity=0.1)).selection == "magnitude"
     rows = recipe(TrainConfig(data="digits", sparsity=0.1, optimizer="adam", structure="neuron"))
     assert rows.selection == "magnitude"  # structured budgets project by their own map

@@ -32,6 +32,7 @@ __all__ = [
     "Recipe",
     "TrainConfig",
     "default_selection",
+    "optimizer_of",
     "parse_methods",
     "recipe",
 ]
@@ -152,7 +153,7 @@ class TrainConfig:
             raise InvalidValueError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
-        check_selection(self.selection, self.optimizer or "iht", self.structure)
+        check_selection(self.selection, optimizer_of(self), self.structure)
         if not 0 < self.test_fraction < 1:
             raise InvalidValueError(f"test fraction must be in (0, 1), got {self.test_fraction}")
         if self.seed < 0:
@@ -248,6 +249,11 @@ class Recipe:
     eval_every: int
 
 
+def optimizer_of(config: TrainConfig) -> str:
+    """The optimizer a run takes: as given, else Adam for a CNN and IHT otherwise."""
+    return config.optimizer or ("adam" if config.model == "cnn" else "iht")
+
+
 def recipe(config: TrainConfig) -> Recipe:
     """The defaults of a run, by model: the paper's IHT for linear models and MLPs (full
     batch, 1 / L_hat_2s, the budget from the start), and for a CNN the recipe measured on
@@ -255,7 +261,7 @@ def recipe(config: TrainConfig) -> Recipe:
     schedule from dense (Adam with the budget from the start stayed at chance level there),
     and the Fisher selection (:func:`default_selection`). Anything the config sets wins."""
     cnn = config.model == "cnn"
-    optimizer = config.optimizer or ("adam" if cnn else "iht")
+    optimizer = optimizer_of(config)
     schedule = config.schedule or ("constant" if optimizer in ("iht", "sgd") else "cubic")
     lr = config.lr if config.lr is not None else DEFAULT_LR.get(optimizer)
     steps = config.steps if config.steps is not None else (6000 if cnn else DEFAULT_STEPS)
