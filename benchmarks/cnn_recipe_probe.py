@@ -6,7 +6,8 @@ VARIANT is ``iht`` then comma-separated options: ``alloc=global|erk|uniform|prop
 ``budgeted=all|weights`` (weights: biases dense, s still counting them), ``mpt=N`` (minimum
 nonzeros per tensor), ``sched=constant|warmup|cubic|acdc``, ``start=sparse`` (a random support
 of each pool's budget before the first step, as RigL), ``every=K`` (``threshold_every``),
-``state=zero|keep``, ``select=magnitude|fisher`` (the projection's selection, default
+``state=zero|keep``, ``opt=adam|adamw|momentum|sgd`` (the base optimizer, default adam),
+``select=magnitude|fisher`` (the projection's selection, default
 magnitude), ``log=1`` (training accuracy every 1,000 steps, and how many entries entered
 the support since the last line). E.g.
 
@@ -63,7 +64,7 @@ def main() -> None:
         methods=("iht",),
         steps=STEPS,
         batch_size=100,
-        optimizer="adam",
+        optimizer=opts.get("opt", "adam"),
         lr=args.lr,
         seeds=1,
         dtype="float32",
