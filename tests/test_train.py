@@ -571,3 +571,15 @@ def test_sgd_through_the_wrapper_is_the_iht_run(
     a = pd.read_parquet(tmp_path / "iht" / "history.parquet")
     b = pd.read_parquet(tmp_path / "sgd" / "history.parquet")
     assert a.equals(b)  # the same lr (1 / L_hat_2s), the same steps, bit for bit
+
+
+def test_the_default_out_directory_names_a_cnn() -> None:
+    from iht.experiments.config import TrainConfig
+    from iht.experiments.train import default_out
+
+    cnn = TrainConfig(data="mnist1d", sparsity=0.1, model="cnn")
+    assert default_out(cnn).name == "train-mnist1d-cnn-s0.1-seed0"  # it said "linear"
+    wide = TrainConfig(data="mnist1d", sparsity=0.1, model="cnn", hidden=(32,))
+    assert default_out(wide).name == "train-mnist1d-cnn32-s0.1-seed0"
+    mlp = TrainConfig(data="digits", sparsity=0.1, hidden=(64, 64))
+    assert default_out(mlp).name == "train-digits-h64-64-s0.1-seed0"

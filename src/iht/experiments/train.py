@@ -323,7 +323,10 @@ def _seeds(seed: int) -> TrainSeeds:
 
 def default_out(config: TrainConfig) -> Path:
     """``results/train-DATA-MODEL-sSPARSITY-seedSEED`` for a run of ``config``."""
-    model = "h" + "-".join(str(w) for w in config.hidden) if config.hidden else "linear"
+    if config.model == "cnn":  # a CNN's --hidden is its channels (default 25)
+        model = "cnn" + "-".join(str(w) for w in config.hidden)
+    else:
+        model = "h" + "-".join(str(w) for w in config.hidden) if config.hidden else "linear"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(config.data).stem) or "data"
     sparsity = re.sub(r"[^A-Za-z0-9.]+", "_", str(config.sparsity).strip())
     return Path("results") / f"train-{name}-{model}-s{sparsity}-seed{config.seed}"
