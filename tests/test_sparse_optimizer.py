@@ -141,7 +141,7 @@ _RESUME = textwrap.dedent(
     import iht
     sys.path.insert(0, {tests!r})
     from test_sparse_optimizer import _make_run
-    model, opt, train = _make_run()
+    model, opt, train = _make_run({kind!r})
     saved = torch.load({path!r}, weights_only=False)
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["opt"])
@@ -151,22 +151,37 @@ _RESUME = textwrap.dedent(
 )
 
 
-def _make_run() -> tuple[nn.Module, iht.SparseOptimizer, Callable[..., None]]:
+def _make_run(kind: str = "adamw") -> tuple[nn.Module, iht.SparseOptimizer, Callable[..., None]]:
+    """AdamW + H_s, or (``momentum-fisher``) SGD momentum + the Fisher selection, whose running
+    mean of squared gradients is the wrapper's own state."""
     model = _mlp(seed=3)
-    base = torch.optim.AdamW(model.parameters(), lr=0.02, weight_decay=0.01)
-    opt = iht.SparseOptimizer(base, sparsity=14, threshold_every=2, schedule=Cubic(2, 12, 0.9))
+    if kind == "adamw":
+        base: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=0.02, weight_decay=0.01
+        )
+    else:
+        base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = iht.SparseOptimizer(
+        base,
+        sparsity=14,
+        threshold_every=2,
+        schedule=Cubic(2, 12, 0.9),
+        selection="magnitude" if kind == "adamw" else "fisher",
+    )
     return model, opt, lambda m, o, steps: _train(m, o, steps)
 
 
-def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    model, opt, train = _make_run()
+@pytest.mark.parametrize("kind", ["adamw", "momentum-fisher"])
+def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path: Path, kind: str) -> None:
+    model, opt, train = _make_run(kind)
     train(model, opt, 25)
     uninterrupted = [p.detach().clone() for p in model.parameters()]
 
-    model, opt, train = _make_run()
+    model, opt, train = _make_run(kind)
     train(model, opt, 10)
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
     code = _RESUME.format(
+        kind=kind,
         tests=str(Path(__file__).parent),
         path=str(tmp_path / "ckpt.pt"),
         out=str(tmp_path / "out.pt"),
