@@ -382,3 +382,35 @@ def test_a_float64_gradient_beyond_float32s_range_is_finite() -> None:
     opt.step()
     assert p.detach().tolist() == pytest.approx([0.0, 2.0, 0.0, -3.0], rel=1e-15)
     assert (p != 0).tolist() == [False, True, False, True]
+
+
+def _forget_selection(path: Path) -> None:
+    """Make a stored config.json look as one written before --selection existed."""
+    import json
+
+    record = json.loads(path.read_text())
+    record["config"].pop("selection")
+    record.pop("iht_selection", None)
+    record.get("training", {}).pop("selection", None)
+    path.write_text(json.dumps(record, indent=2))
+
+
+def test_a_run_stored_before_the_fisher_default_is_not_taken_for_a_new_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The same settings now mean the Fisher selection: the stored (magnitude) results must
+    # not be shown as theirs; the directory is then in the way, said in one line.
+    args = ("--data", "digits", "--model", "cnn", "--sparsity", "0.2", "--steps", "3")
+    train_cli(capsys, tmp_path / "t", *args, "--no-report")
+    _forget_selection(tmp_path / "t" / "config.json")
+    out = train_cli(capsys, tmp_path / "t", *args, "--no-report", code=2)
+    assert "holds this run already" not in out and "iht: error:" in out
+    compare = ("--data", "iris", "--sparsity", "5", "--methods", "iht", "--optimizer", "adam")
+    compare_cli(capsys, tmp_path / "c", *compare, "--steps", "5")
+    _forget_selection(tmp_path / "c" / "config.json")
+    out = compare_cli(capsys, tmp_path / "c", *compare, "--steps", "5", code=2)
+    assert "holds this comparison already" not in out and "iht: error:" in out
+    # and a record that says what it ran is still recognised
+    again = compare_cli(capsys, tmp_path / "d", *compare, "--steps", "5")
+    again = compare_cli(capsys, tmp_path / "d", *compare, "--steps", "5")
+    assert "holds this comparison already" in again

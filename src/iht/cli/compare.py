@@ -147,7 +147,11 @@ def compare_command(
             stored = read_comparison(directory)
         except StoreError:
             stored = None
-        if stored is not None and stored.record.config != config:
+        if stored is not None and (
+            stored.record.config != config
+            # a record of before --selection existed ran magnitude, whatever the default now
+            or stored.record.iht_selection != config.iht_selection
+        ):
             stored = None
     if stored is not None:
         click.echo(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..experiments.config import DEFAULT_STEPS, DTYPES, OPTIMIZERS, TrainConfig
+from ..experiments.config import DEFAULT_STEPS, DTYPES, OPTIMIZERS, TrainConfig, recipe
 from ..models import MODELS
 from ..schedules import SCHEDULES
 from ..tasks import TASKS
@@ -172,7 +172,11 @@ def train_command(
             stored = read_train_run(directory)
         except StoreError:
             stored = None
-        if stored is not None and stored.record.config != config:
+        if stored is not None and (
+            stored.record.config != config
+            # a run of before --selection existed ran magnitude, whatever the default now
+            or stored.record.training.selection != recipe(config).selection
+        ):
             stored = None
     if stored is not None:
         click.echo(f"{directory} holds this run already; drawing its report")

@@ -641,6 +641,8 @@ class CompareRecord:
     gmp_plan: GmpPlan
     versions: dict[str, str]
     command: str = "iht compare"
+    #: IHT's support selection as run (records written before it existed ran magnitude).
+    iht_selection: str = "magnitude"
 
 
 @dataclass(frozen=True)
@@ -791,6 +793,7 @@ def run_compare(
             config.steps, start=config.gmp_start, end=config.gmp_end, events=config.gmp_events
         ),
         versions={"iht": __version__, "torch": torch.__version__},
+        iht_selection=config.iht_selection,
     )
     return CompareResult(record, frame)
 
