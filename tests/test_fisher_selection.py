@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 import iht
 from iht.errors import InvalidValueError
-from iht.schedules import Cubic
+from iht.schedules import Cubic, DenseWarmup
 from iht.sparse_optimizer import FISHER_BETA
 from iht.threshold import weighted_top_s_mask
 
@@ -414,3 +414,94 @@ def test_a_run_stored_before_the_fisher_default_is_not_taken_for_a_new_one(
     again = compare_cli(capsys, tmp_path / "d", *compare, "--steps", "5")
     again = compare_cli(capsys, tmp_path / "d", *compare, "--steps", "5")
     assert "holds this comparison already" in again
+
+
+def test_float16_parameters_are_scored_in_float32() -> None:
+    # theta ~ 3e-2, F ~ 1e-6: F theta^2 ~ 1e-9 underflows float16 and ranked by index.
+    gen = torch.Generator().manual_seed(5)
+    theta = (torch.rand(1000, generator=gen) * 6e-2 - 3e-2).half()
+    p = theta.clone().requires_grad_()
+    opt = iht.SparseOptimizer(torch.optim.SGD([p], lr=0.0), sparsity=100, selection="fisher")
+    p.grad = (torch.rand(1000, generator=gen) * 6e-2 - 3e-2).half()
+    opt.step()
+    exact = weighted_top_s_mask(theta.double(), opt.fisher[p].double(), 100)
+    assert int(((p != 0) == exact).sum()) >= 998  # (float16 rounding of F may swap a tie)
+    assert int((p[:100] != 0).sum()) < 30  # not the first s by index
+
+
+def test_a_non_finite_parameter_without_gradient_signal_is_refused() -> None:
+    a = torch.ones(5, dtype=F64, requires_grad=True)
+    b = torch.tensor([float("inf"), 1.0, 2.0], dtype=F64, requires_grad=True)  # never a grad
+    opt = iht.SparseOptimizer(
+        torch.optim.SGD([a, b], lr=0.1, momentum=0.9), sparsity=6, selection="fisher"
+    )
+    a.grad = torch.ones(5, dtype=F64)
+    with pytest.raises(iht.NonFiniteError):
+        opt.step()
+
+
+def test_a_moment_of_another_shape_is_not_taken_for_f() -> None:
+    # A factored or projected second moment (Adafactor, GaLore) is not F: the wrapper keeps one.
+    w = torch.randn(4, 5, dtype=F64, requires_grad=True)
+    base = torch.optim.SGD([w], lr=0.0)
+    opt = iht.SparseOptimizer(base, sparsity=6, selection="fisher")
+    base.state[w]["exp_avg_sq"] = torch.ones(4, dtype=F64)  # a row factor
+    w.grad = torch.randn(4, 5, dtype=F64)
+    opt.step()
+    assert w in opt.fisher and int((w != 0).sum()) == 6
+
+
+def test_a_refused_state_dict_changes_nothing() -> None:
+    model = _mlp()
+    opt = iht.SparseOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), sparsity=20, selection="fisher"
+    )
+    _step(model, opt)
+    saved = copy.deepcopy(opt.state_dict())
+    _step(model, opt)
+    _step(model, opt)
+    before = copy.deepcopy(opt.state_dict())
+    for bad in (
+        {True: saved["fisher"][0]},  # a bool is no index
+        {0: -saved["fisher"][0] - 1},  # F >= 0
+        {0: saved["fisher"][0] * float("nan")},
+    ):
+        with pytest.raises(InvalidValueError, match="'fisher' entry"):
+            opt.load_state_dict(saved | {"fisher": bad})
+        now = opt.state_dict()
+        assert now["steps_taken"] == before["steps_taken"] == 3
+        for key, pool in before["pools"].items():
+            assert torch.equal(now["pools"][key]["mask"], pool["mask"])
+
+
+def test_f_is_bias_corrected_when_tensors_began_at_different_steps() -> None:
+    # b gets gradients from step 50 on, a from step 0, from the same law: uncorrected, b's
+    # F is (1 - 0.999^10) / (1 - 0.999^60) ~ 1/6 of a's, and b would lose most of the budget.
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(2000, generator=gen, dtype=F64, requires_grad=True)
+    b = torch.randn(2000, generator=gen, dtype=F64, requires_grad=True)
+    base = torch.optim.Adam([a, b], lr=1e-9)
+    opt = iht.SparseOptimizer(base, sparsity=2000, selection="fisher", schedule=DenseWarmup(59))
+    for step in range(60):
+        a.grad = torch.randn(2000, generator=gen, dtype=F64)
+        b.grad = torch.randn(2000, generator=gen, dtype=F64) if step >= 50 else None
+        opt.step()
+    kept_a, kept_b = int((a != 0).sum()), int((b != 0).sum())
+    assert kept_a + kept_b == 2000 and 800 < kept_b < 1200, (kept_a, kept_b)
+
+
+def test_an_empty_tensor_in_a_pool() -> None:
+    w = torch.randn(6, dtype=F64, requires_grad=True)
+    empty = torch.zeros(0, dtype=F64, requires_grad=True)
+    for kernel in ("torch", "compiled"):
+        opt = iht.SparseOptimizer(
+            torch.optim.Adam([w, empty], lr=0.1),
+            sparsity=3,
+            selection="fisher",
+            threshold_every=2,
+            kernel=kernel,
+        )
+        for _ in range(3):
+            w.grad, empty.grad = torch.randn(6, dtype=F64), torch.zeros(0, dtype=F64)
+            opt.step()
+        assert int((w != 0).sum()) == 3

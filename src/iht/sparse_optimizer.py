@@ -169,6 +169,8 @@ class SparseOptimizer(Optimizer):
         #: The running mean of squared gradients of parameters whose base optimizer keeps
         #: none (``selection="fisher"`` only), by parameter.
         self.fisher: dict[Tensor, Tensor] = {}
+        #: Gradients each of those running means has taken (for their bias correction).
+        self.fisher_steps: dict[Tensor, int] = {}
         self._scratch: dict[str, Tensor] = {}  # each pool's score buffer (Fisher selection)
         self.pool_states: dict[str, PoolState] = {}
         #: Steps taken: the schedule's clock.
@@ -280,15 +282,52 @@ class SparseOptimizer(Optimizer):
                 self._zero_state_off_support(done.params, done.state)
 
     # -- the Fisher selection ---------------------------------------------------------------
-    def second_moment(self, p: Tensor) -> Tensor | None:
-        """F for ``p``: its base optimizer's second moment, else the wrapper's running mean
-        (None before ``p`` has had a gradient)."""
+    def _base_moment(self, p: Tensor) -> Tensor | None:
+        """The base optimizer's running mean of squared gradients of ``p``, if it keeps one of
+        ``p``'s shape (a factored or projected moment is not one)."""
         state = self.optimizer.state.get(p, {})
         for key in _SECOND_MOMENTS:
             value = state.get(key)
             if isinstance(value, Tensor) and value.shape == p.shape:
                 return value
-        return self.fisher.get(p)
+        return None
+
+    def second_moment(self, p: Tensor) -> Tensor | None:
+        """F for ``p`` (not bias-corrected): its base optimizer's second moment, else the
+        wrapper's running mean (None before ``p`` has had a gradient)."""
+        base = self._base_moment(p)
+        return base if base is not None else self.fisher.get(p)
+
+    def _moment_age(self, p: Tensor, groups: dict[int, dict[str, Any]]) -> tuple[float, Any] | None:
+        """(beta2, steps) of ``p``'s F, whose bias is the factor 1 - beta2**steps; None when
+        it is not known (RMSprop's ``square_avg`` is not corrected by RMSprop either)."""
+        if self._base_moment(p) is not None:
+            state = self.optimizer.state.get(p, {})
+            betas = groups[id(p)].get("betas")
+            if "exp_avg_sq" in state and "step" in state and betas is not None:
+                return float(betas[1]), state["step"]
+            return None
+        if p in self.fisher:
+            return FISHER_BETA, self.fisher_steps.get(p, 0)
+        return None
+
+    def _corrections(self, params: list[Tensor]) -> list[float] | None:
+        """1 / (1 - beta2**steps) of every tensor's F, or None when they are all equal (the
+        common case: the ranking is then the same uncorrected) or not known. A tensor whose
+        gradients began later has a smaller uncorrected F, so across tensors it must count."""
+        groups = {id(q): g for g in self.param_groups for q in g["params"]}
+        ages = [self._moment_age(p, groups) for p in params]
+        if not ages or any(a is None for a in ages):
+            return None
+        known = [a for a in ages if a is not None]
+        steps = torch.stack(  # one read for the pool
+            [torch.as_tensor(n, dtype=torch.float64).reshape(()).cpu() for _, n in known]
+        ).tolist()
+        factors = [
+            1.0 / (1.0 - beta**n) if n > 0 and beta < 1 else 1.0
+            for (beta, _), n in zip(known, steps, strict=True)
+        ]
+        return None if len(set(factors)) <= 1 else factors
 
     def _accumulate_fisher(self, pools: list[ParamPool]) -> None:
         """F <- beta F + (1 - beta) g^2 for the parameters whose base keeps no second moment."""
@@ -296,14 +335,12 @@ class SparseOptimizer(Optimizer):
             if pool.sparsity is None:
                 continue
             for p in pool.params:
-                if p.grad is None:
-                    continue
-                state = self.optimizer.state.get(p, {})
-                if any(isinstance(state.get(key), Tensor) for key in _SECOND_MOMENTS):
+                if p.grad is None or self._base_moment(p) is not None:
                     continue
                 if p not in self.fisher:
                     self.fisher[p] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                 self.fisher[p].mul_(FISHER_BETA).addcmul_(p.grad, p.grad, value=1 - FISHER_BETA)
+                self.fisher_steps[p] = self.fisher_steps.get(p, 0) + 1
 
     def _project_fisher(self, pools: list[StepPool], keys: list[str]) -> None:
         """theta <- P^F_s(theta) for every pool, in place: the s largest F_i theta_i^2 kept
@@ -349,7 +386,8 @@ class SparseOptimizer(Optimizer):
     def _scores_buffer(self, key: str, params: list[Tensor]) -> Tensor:
         """A pool's flat scratch buffer for the scores, kept between steps (a new 40 MB buffer
         every step of a 10M pool costs its page faults: ~10 ms here)."""
-        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
+        # at least float32: float16 or bfloat16 squares underflow (and rank by index)
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params), torch.float32)
         size, device = sum(p.numel() for p in params), params[0].device
         buffer = self._scratch.get(key)
         if (
@@ -377,22 +415,37 @@ class SparseOptimizer(Optimizer):
         ``compiled``; where they overflow, or theta is not finite, the reference
         :func:`iht.threshold.weighted_top_s_mask` (sqrt(F) |theta|) decides.
         """
+        corrections = self._corrections(params)
         at = 0
-        for p in params:
+        unweighted = []
+        for i, p in enumerate(params):
             part = scores[at : at + p.numel()].view(p.shape)
             at += p.numel()
             weight = self.second_moment(p)
             if weight is None:
                 part.zero_()
-            else:
-                torch.mul(p.detach(), p.detach(), out=part).mul_(weight)
+                unweighted.append(p)
+                continue
+            if p.dtype == scores.dtype:
+                torch.mul(p.detach(), p.detach(), out=part)
+            else:  # squared in the buffer's precision: float16's theta^2 underflows
+                part.copy_(p.detach())
+                part.mul_(part)
+            part.mul_(weight)
+            if corrections is not None:
+                part.mul_(corrections[i])
+        if not _all_finite(unweighted, compiled=False):  # scored 0: theta not read above
+            raise NonFiniteError("a parameter is not finite")
         sizes = [p.numel() for p in params]
         if not _all_finite([scores], compiled=compiled):
-            theta = flatten(p.detach() for p in params)
+            theta = flatten(p.detach().to(scores.dtype) for p in params)
             if not _all_finite([theta], compiled=False):
                 raise NonFiniteError("a parameter is not finite")
             weights = flatten(
-                torch.zeros_like(p) if (f := self.second_moment(p)) is None else f for p in params
+                torch.zeros_like(p, dtype=scores.dtype)
+                if (f := self.second_moment(p)) is None
+                else f.to(scores.dtype) * (1.0 if corrections is None else corrections[i])
+                for i, p in enumerate(params)
             )
             return weighted_top_s_mask(theta, weights, budget, sizes=sizes, minimum=minimum)
         if minimum:
@@ -446,25 +499,30 @@ class SparseOptimizer(Optimizer):
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict, each pool's :class:`~iht.PoolState`, the clock."""
+        """The base optimizer's state dict, each pool's :class:`~iht.PoolState`, the clock,
+        and the wrapper's own running means of squared gradients (by parameter index)."""
         order = {p: i for i, p in enumerate(self._params())}
         return {
             "optimizer": self.optimizer.state_dict(),
             "pools": {key: pool.to_dict() for key, pool in self.pool_states.items()},
             "steps_taken": self.steps_taken,
             "fisher": {order[p]: f for p, f in self.fisher.items()},
+            "fisher_steps": {order[p]: n for p, n in self.fisher_steps.items()},
         }
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output: a resumed run continues bit for bit."""
+        """Restore :meth:`state_dict`'s output: a resumed run continues bit for bit. Everything
+        is checked before anything is changed."""
         if not isinstance(state_dict, dict) or "optimizer" not in state_dict:
             raise InvalidValueError(
                 "not a SparseOptimizer state dict (it has no 'optimizer' entry); "
                 "load a base optimizer's state dict into the base optimizer"
             )
+        params = self._params()
+        fisher, steps = _checked_fisher(state_dict, params)
         self.optimizer.load_state_dict(state_dict["optimizer"])
         device = next((p.device for g in self.param_groups for p in g["params"]), None)
         self.pool_states = {
@@ -472,22 +530,47 @@ class SparseOptimizer(Optimizer):
             for key, value in state_dict.get("pools", {}).items()
         }
         self.steps_taken = int(state_dict.get("steps_taken", 0))
-        params = self._params()
-        fisher = state_dict.get("fisher", {})
-        if not isinstance(fisher, dict) or any(
-            not isinstance(i, int)
-            or not 0 <= i < len(params)
-            or not isinstance(f, Tensor)
-            or f.shape != params[i].shape
-            for i, f in fisher.items()
-        ):
-            raise InvalidValueError(
-                "the state dict's 'fisher' entry does not match this optimizer's parameters"
-            )
         self.fisher = {
             params[i]: f.to(device=params[i].device, dtype=params[i].dtype, copy=True)
             for i, f in fisher.items()
         }
+        self.fisher_steps = {params[i]: n for i, n in steps.items()}
+
+
+def _index(i: object, size: int) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool) and 0 <= i < size
+
+
+def _checked_fisher(
+    state_dict: dict[str, Any], params: list[Tensor]
+) -> tuple[dict[int, Tensor], dict[int, int]]:
+    """A state dict's running means of squared gradients (and their step counts), refused
+    unless each is a finite, nonnegative floating tensor of its parameter's shape."""
+    fisher = state_dict.get("fisher", {})
+    steps = state_dict.get("fisher_steps", {})
+    good = (
+        isinstance(fisher, dict)
+        and isinstance(steps, dict)
+        and all(
+            _index(i, len(params))
+            and isinstance(f, Tensor)
+            and f.is_floating_point()
+            and f.shape == params[i].shape
+            and bool(torch.isfinite(f).all())
+            and bool((f >= 0).all())
+            for i, f in fisher.items()
+        )
+        and all(
+            i in fisher and isinstance(n, int) and not isinstance(n, bool) and n >= 0
+            for i, n in steps.items()
+        )
+    )
+    if not good:
+        raise InvalidValueError(
+            "the state dict's 'fisher' entry does not match this optimizer's parameters "
+            "(finite, nonnegative tensors of their parameters' shapes, by parameter index)"
+        )
+    return fisher, steps
 
 
 def _compiled_applies(tensors: list[Tensor], mask: Tensor | None = None) -> bool:
@@ -502,6 +585,7 @@ def _compiled_applies(tensors: list[Tensor], mask: Tensor | None = None) -> bool
 def _all_finite(tensors: list[Tensor], *, compiled: bool) -> bool:
     """Whether every entry is finite: one parallel compiled count, or one max-norm per tensor
     read back together (NaN or inf exactly when an entry is); True on ``meta`` (no values)."""
+    tensors = [t for t in tensors if t.numel()]  # (max-norms of empty tensors fail)
     if not tensors or tensors[0].device.type == "meta":
         return True
     if compiled:
@@ -528,7 +612,7 @@ def _check_gradients(params: Iterable[Tensor], kernel: str) -> None:
                 f"a parameter of shape {tuple(p.shape)} has a {p.grad.layout} gradient; the "
                 "projection needs dense gradients (build nn.Embedding with sparse=False)"
             )
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None and p.grad.numel()]
     if not grads or grads[0].device.type == "meta":  # (meta tensors hold no values)
         return
     large = kernel != "torch" and sum(g.numel() for g in grads) >= COMPILED_MIN_SIZE
