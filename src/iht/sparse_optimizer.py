@@ -32,9 +32,12 @@ the quadratic model :math:`f(z + \delta) \approx f(z) + g^\top\delta + \tfrac12 
 projection of a preconditioned step in its own metric, and it is still exact: the best point of
 the s-sparse set in that norm. F is the base optimizer's own second moment when it keeps one
 (``exp_avg_sq`` of Adam, AdamW, NAdam, RAdam; ``square_avg`` of RMSprop), else a running mean
-kept by the wrapper (:data:`FISHER_BETA`). An entry with no gradient signal (F = 0, e.g. behind
-a dead ReLU) scores 0 and goes first; on deep nets this keeps a budget from starving a layer
-(measured in the README).
+kept by the wrapper (:data:`FISHER_BETA`); a moment of another shape (factored, projected) is
+not taken for F. Where the tensors of a pool began their running means at different steps, each
+F is bias-corrected by 1 / (1 - beta2^steps) (otherwise the common factor changes nothing and is
+not applied). Scores are computed in at least float32. An entry with no gradient signal (F = 0,
+e.g. behind a dead ReLU) scores 0 and goes first; on deep nets this keeps a budget from
+starving a layer (measured in the README).
 """
 
 from __future__ import annotations
