@@ -14,6 +14,7 @@ import torch
 from commands import compare_cli, one_thread, train_cli  # noqa: F401 (the fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_sparse_optimizer import _data, _mlp  # the same small MLP and data
 from torch import Tensor, nn
 
 import iht
@@ -82,19 +83,8 @@ def test_an_entry_without_gradient_signal_goes_before_a_smaller_live_one() -> No
     assert weighted_top_s_mask(z, w, 2).tolist() == [False, True, True]
 
 
-def _mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(F64)
-
-
-def _batches(n: int = 40) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    X = torch.randn(n, 5, generator=gen, dtype=F64)
-    return X, (X @ torch.randn(5, 3, generator=gen, dtype=F64)).argmax(dim=1)
-
-
 def _step(model: nn.Module, opt: torch.optim.Optimizer, rows: slice = slice(None)) -> None:
-    X, y = _batches()
+    X, y = _data()
     opt.zero_grad()
     nn.functional.cross_entropy(model(X[rows]), y[rows]).backward()
     opt.step()
@@ -131,7 +121,7 @@ def test_other_bases_get_a_running_mean_of_squared_gradients() -> None:
         selection="fisher",
         state="keep",
     )
-    X, y = _batches()
+    X, y = _data()
     expected = [torch.zeros_like(p) for p in model.parameters()]
     for _ in range(4):
         opt.zero_grad()

@@ -284,6 +284,12 @@ class SparseOptimizer(Optimizer):
             for done in projected:
                 self._zero_state_off_support(done.params, done.state)
 
+    def _large(self, size: int) -> bool:
+        """Whether a pool of ``size`` entries takes the compiled passes: as for the projection,
+        they pay off from COMPILED_MIN_SIZE entries (below it, launching numba's threads costs
+        more than the pass; 10x at 15k entries)."""
+        return self.kernel == "compiled" or (self.kernel == "auto" and size >= COMPILED_MIN_SIZE)
+
     # -- the Fisher selection ---------------------------------------------------------------
     def _base_moment(self, p: Tensor) -> Tensor | None:
         """The base optimizer's running mean of squared gradients of ``p``, if it keeps one of
@@ -359,11 +365,7 @@ class SparseOptimizer(Optimizer):
                 )
             assert budget is not None  # a dense step of the schedule is not projected
             size = sum(p.numel() for p in params)
-            # As for H_s: parallel compiled passes pay off from COMPILED_MIN_SIZE entries on.
-            large = self.kernel == "compiled" or (
-                self.kernel == "auto" and size >= COMPILED_MIN_SIZE
-            )
-            compiled = large and _compiled_applies(params)
+            compiled = self._large(size) and _compiled_applies(params)
             mask = None
             if reselects(state, self.threshold_every, size, budget):
                 scores = self._scores_buffer(key, params)
@@ -485,12 +487,7 @@ class SparseOptimizer(Optimizer):
         if not states:
             return
         tensors = [value for _, value, _ in states]
-        # As for the projection: the compiled pass pays off from COMPILED_MIN_SIZE entries
-        # (below it, launching numba's threads costs more than the pass; 10x at 15k entries).
-        large = self.kernel == "compiled" or (
-            self.kernel == "auto" and mask.numel() >= COMPILED_MIN_SIZE
-        )
-        if large and _compiled_applies(tensors, mask):
+        if self._large(mask.numel()) and _compiled_applies(tensors, mask):
             from ._kernels import iht_step as kernels
 
             # One parallel pass per tensor: torch's masked_fill_ is 6x slower here (10M entries).
